@@ -1,0 +1,122 @@
+"""The early-exit target: runs windows through the model's own modules and hands each exit's logits to a
+callback while the remaining decoder layers still run.
+
+The exit logic (`EarlyExitTarget.on_layer_output`) does not know how it is triggered. In eager mode a
+forward hook on the decoder layer calls it; a compiled or CUDA-graph path would run the decoder in
+segments split at the exit layers and call it between segments (hooks do not fire inside a graph).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from cloud_server.exits import ExitHeads, exit_logits
+from shared.kv import CachedLM
+
+ExitCallback = Callable[[int, torch.Tensor, float], None]
+"""(layer, exit logits [keep, V], milliseconds since the forward began)."""
+
+
+def decoder_layers(model: PreTrainedModel) -> nn.ModuleList:
+    """The decoder layer stack of the Llama / Qwen2 / SmolLM / Mistral families (`model.model.layers`)."""
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise TypeError(f"{type(model).__name__} has no model.model.layers; early exits need a decoder stack")
+    return layers
+
+
+@dataclass
+class _ActiveForward:
+    keep: int
+    layers: frozenset[int]
+    callback: ExitCallback
+    started: float
+
+
+class EarlyExitTarget:
+    """A causal LM with exit heads after chosen decoder layers (1-based: exit L runs after layer L)."""
+
+    def __init__(self, model: PreTrainedModel, heads: ExitHeads | None = None) -> None:
+        self.model = model
+        self.layers = decoder_layers(model)
+        self.norm: nn.Module = model.model.norm
+        self.lm_head: nn.Module = model.get_output_embeddings()
+        self.heads = heads
+        self._active: _ActiveForward | None = None
+        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+        if heads is not None:
+            bad = [layer for layer in heads.layers if not 1 <= layer < len(self.layers)]
+            if bad:
+                raise ValueError(
+                    f"exit layers {bad} outside 1..{len(self.layers) - 1} "
+                    f"for a {len(self.layers)}-layer model"
+                )
+            heads.to(device=model.device, dtype=model.dtype)
+            for layer in heads.layers:
+                self._hooks.append(self.layers[layer - 1].register_forward_hook(self._hook_for(layer)))
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def exit_layers(self) -> tuple[int, ...]:
+        return self.heads.layers if self.heads is not None else ()
+
+    def new_sequence(self) -> CachedLM:
+        return CachedLM(self.model)
+
+    def forward(
+        self,
+        sequence: CachedLM,
+        new_ids: Sequence[int],
+        keep: int,
+        on_exit: ExitCallback | None = None,
+        layers: Sequence[int] | None = None,
+    ) -> torch.Tensor:
+        """Forward `new_ids` on `sequence`; final logits of the last `keep` positions.
+
+        With `on_exit`, each requested exit's logits for those positions are passed to it mid-forward.
+        """
+        if on_exit is not None and self.heads is not None:
+            wanted = frozenset(self.exit_layers if layers is None else layers) & frozenset(self.exit_layers)
+            self._active = _ActiveForward(keep, wanted, on_exit, time.perf_counter())
+        try:
+            return sequence.forward(new_ids, keep=keep)
+        finally:
+            self._active = None
+
+    def on_layer_output(self, layer: int, hidden: torch.Tensor) -> None:
+        """Exit logic: the exit head's logits for the kept positions, handed to the active callback."""
+        active = self._active
+        if active is None or layer not in active.layers or self.heads is None:
+            return
+        with torch.inference_mode():
+            logits = exit_logits(
+                hidden[0, -active.keep :], self.heads.adapter(layer), self.norm, self.lm_head
+            )
+        # Disarm while the callback runs: it may run other forwards (pre-drafting), even on this same model.
+        self._active = None
+        try:
+            active.callback(layer, logits, (time.perf_counter() - active.started) * 1000.0)
+        finally:
+            self._active = active
+
+    def _hook_for(self, layer: int) -> Callable[..., None]:
+        def hook(_module: nn.Module, _inputs: object, output: object) -> None:
+            hidden = output[0] if isinstance(output, tuple) else output
+            self.on_layer_output(layer, hidden)
+
+        return hook
+
+    def close(self) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks.clear()

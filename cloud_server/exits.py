@@ -1,0 +1,119 @@
+"""Exit heads: a small trainable adapter per exit layer, read through the model's own norm and LM head.
+
+An exit after decoder layer L (1-based: "after layer L") maps that layer's hidden state h to logits
+lm_head(norm(adapter(h))). Adapters are residual (h + f(h)) and zero-initialised, so an untrained head is
+exactly the base model's own intermediate read-out. Stored as `exits.safetensors` + `exits.json`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+AdapterKind = Literal["linear", "lowrank"]
+CONFIG_NAME = "exits.json"
+WEIGHTS_NAME = "exits.safetensors"
+
+
+@dataclass(frozen=True)
+class ExitConfig:
+    layers: tuple[int, ...]
+    hidden_size: int
+    kind: AdapterKind = "linear"
+    rank: int = 64
+    base_model: str = ""
+    notes: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.layers or any(layer < 1 for layer in self.layers):
+            raise ValueError("exit layers are 1-based decoder layer counts (≥ 1)")
+        if self.kind not in ("linear", "lowrank"):
+            raise ValueError(f"unknown adapter kind {self.kind!r}")
+
+
+class ExitAdapter(nn.Module):
+    """h + f(h), f zero at initialisation: a full linear map or a low-rank (down, up) pair."""
+
+    def __init__(self, hidden_size: int, kind: AdapterKind = "linear", rank: int = 64) -> None:
+        super().__init__()
+        if kind == "linear":
+            self.proj = nn.Linear(hidden_size, hidden_size, bias=True)
+            nn.init.zeros_(self.proj.weight)
+            nn.init.zeros_(self.proj.bias)
+        else:
+            self.proj = nn.Sequential(
+                nn.Linear(hidden_size, rank, bias=False), nn.Linear(rank, hidden_size, bias=False)
+            )
+            nn.init.normal_(self.proj[0].weight, std=hidden_size**-0.5)
+            nn.init.zeros_(self.proj[1].weight)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden + self.proj(hidden)
+
+
+def exit_logits(
+    hidden: torch.Tensor, adapter: nn.Module, norm: nn.Module, lm_head: nn.Module
+) -> torch.Tensor:
+    """The exit's logits from a decoder layer's hidden states, through the model's own norm and head."""
+    return lm_head(norm(adapter(hidden)))
+
+
+class ExitHeads(nn.Module):
+    """The adapters of every exit, keyed by layer."""
+
+    def __init__(self, config: ExitConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.adapters = nn.ModuleDict(
+            {str(layer): ExitAdapter(config.hidden_size, config.kind, config.rank) for layer in config.layers}
+        )
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return self.config.layers
+
+    def adapter(self, layer: int) -> nn.Module:
+        return self.adapters[str(layer)]
+
+    def save(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(directory / WEIGHTS_NAME))
+        payload = asdict(self.config) | {"layers": list(self.config.layers)}
+        (directory / CONFIG_NAME).write_text(json.dumps(payload, indent=2) + "\n")
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, dtype: torch.dtype | None = None) -> ExitHeads:
+        directory = Path(directory)
+        config_path = directory / CONFIG_NAME
+        if not config_path.is_file():
+            raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}")
+        raw = json.loads(config_path.read_text())
+        config = ExitConfig(
+            layers=tuple(int(x) for x in raw["layers"]),
+            hidden_size=int(raw["hidden_size"]),
+            kind=raw.get("kind", "linear"),
+            rank=int(raw.get("rank", 64)),
+            base_model=str(raw.get("base_model", "")),
+            notes=dict(raw.get("notes", {})),
+        )
+        state = load_file(str(directory / WEIGHTS_NAME))
+        heads = cls(config)
+        heads.to(next(iter(state.values())).dtype)  # load at the stored precision, then cast if asked
+        heads.load_state_dict(state)
+        if dtype is not None:
+            heads.to(dtype)
+        return heads.eval()
+
+    @classmethod
+    def untrained(cls, layers: tuple[int, ...], hidden_size: int, kind: AdapterKind = "linear") -> ExitHeads:
+        """Zero-initialised heads: each exit reads the base model's own intermediate state."""
+        return cls(ExitConfig(layers=tuple(layers), hidden_size=hidden_size, kind=kind)).eval()

@@ -1,0 +1,74 @@
+"""The draft engine: proposes windows from a committed prefix with the small model."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from transformers import PreTrainedModel
+
+from shared.kv import CachedLM
+from shared.protocol import Draft, ProposalEntry
+from shared.sampling import (
+    DEFAULT_Q_TOP_K,
+    SamplingParams,
+    SparseProposal,
+    keyed_uniform,
+    sample_from_proposal,
+    truncated_proposal,
+)
+
+
+@dataclass(frozen=True)
+class DraftWindow:
+    """k draft tokens extending `prefix` (and, when sampling, the proposal each was drawn from)."""
+
+    prefix: tuple[int, ...]
+    tokens: tuple[int, ...]
+    proposals: tuple[SparseProposal, ...] | None
+    draft_s: float
+
+    def to_message(self, round: int) -> Draft:
+        q = None
+        if self.proposals is not None:
+            q = [ProposalEntry(ids=list(p.ids), p=list(p.p)) for p in self.proposals]
+        return Draft(round=round, pos=len(self.prefix), tokens=list(self.tokens), q=q)
+
+
+class DraftEngine:
+    """Drafts greedily, or samples from q′ with randomness keyed by (seed, absolute position).
+
+    Keying by position makes a window a pure function of its prefix: a window pre-drafted from a
+    predicted prefix equals the one drafted after the verdict whenever the prefixes match.
+    """
+
+    def __init__(self, model: PreTrainedModel, q_top_k: int = DEFAULT_Q_TOP_K) -> None:
+        self.model = model
+        self.q_top_k = q_top_k
+        self.sequence = CachedLM(model)
+
+    def draft(self, prefix: Sequence[int], k: int, sampling: SamplingParams) -> DraftWindow:
+        if k < 1:
+            raise ValueError("a window has at least one token")
+        t0 = time.perf_counter()
+        pending = self.sequence.sync(prefix)
+        logits = self.sequence.forward(pending, keep=1)[-1]
+        tokens: list[int] = []
+        proposals: list[SparseProposal] = []
+        for i in range(k):
+            if sampling.greedy:
+                token = int(logits.argmax().item())
+            else:
+                proposal = truncated_proposal(logits, sampling.temperature, self.q_top_k)
+                token = sample_from_proposal(proposal, keyed_uniform(sampling.seed, len(prefix) + i))
+                proposals.append(proposal)
+            tokens.append(token)
+            if i < k - 1:
+                logits = self.sequence.forward([token], keep=1)[-1]
+        return DraftWindow(
+            prefix=tuple(int(t) for t in prefix),
+            tokens=tuple(tokens),
+            proposals=None if sampling.greedy else tuple(proposals),
+            draft_s=time.perf_counter() - t0,
+        )

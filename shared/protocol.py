@@ -1,0 +1,160 @@
+"""Protocol 1 messages (DESIGN.md, "Decoding protocol"): one JSON object per websocket text frame."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from shared.sampling import SamplingParams
+
+PROTOCOL_VERSION = 1
+
+
+class _Message(BaseModel):
+    # Unknown fields are ignored, as the protocol requires.
+    model_config = ConfigDict(extra="ignore")
+
+
+class Hello(_Message):
+    type: Literal["hello"] = "hello"
+    protocol: int = PROTOCOL_VERSION
+    model: str | None = None
+    vocab_hash: str | None = None
+    exits: list[int] | None = None
+
+
+class Limits(_Message):
+    max_sessions: int
+    max_prompt_tokens: int
+    max_tokens: int
+    max_window: int
+    ttl_s: float
+    max_frame_bytes: int
+
+
+class Welcome(_Message):
+    type: Literal["welcome"] = "welcome"
+    session_id: str
+    model: str
+    vocab_hash: str
+    exit_layers: list[int]
+    limits: Limits
+
+
+class ChatMessage(_Message):
+    role: str
+    content: str
+
+
+class Start(_Message):
+    type: Literal["start"] = "start"
+    token_ids: list[int] | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    sampling: SamplingParams = Field(default_factory=SamplingParams)
+    max_tokens: int = Field(64, ge=1)
+    stop: list[str] | None = None
+
+
+class Started(_Message):
+    type: Literal["started"] = "started"
+    prompt_tokens: int
+    prompt_hash: str
+    first_token: int
+    finished: bool
+    finish_reason: Literal["stop", "length"] | None = None
+    server_ms: float
+
+
+class ProposalEntry(_Message):
+    ids: list[int]
+    p: list[float]
+
+
+class Draft(_Message):
+    type: Literal["draft"] = "draft"
+    round: int = Field(ge=1)
+    pos: int = Field(ge=0)
+    tokens: list[int] = Field(min_length=1)
+    q: list[ProposalEntry] | None = None
+
+
+class Early(_Message):
+    type: Literal["early"] = "early"
+    round: int
+    layer: int
+    accepted: int
+    token: int
+    confidence: float
+    t_ms: float
+
+
+class Verdict(_Message):
+    type: Literal["verdict"] = "verdict"
+    round: int
+    accepted: int
+    token: int | None
+    finished: bool
+    finish_reason: Literal["stop", "length"] | None = None
+    verify_ms: float
+    server_ms: float
+
+
+class Cancel(_Message):
+    type: Literal["cancel"] = "cancel"
+
+
+class Cancelled(_Message):
+    type: Literal["cancelled"] = "cancelled"
+
+
+class Resume(_Message):
+    type: Literal["resume"] = "resume"
+    session_id: str
+    committed_len: int
+    committed_hash: str
+
+
+class Resumed(_Message):
+    type: Literal["resumed"] = "resumed"
+    session_id: str
+    committed_len: int
+    tail: list[int]
+    round: int
+
+
+class Ping(_Message):
+    type: Literal["ping"] = "ping"
+
+
+class Pong(_Message):
+    type: Literal["pong"] = "pong"
+
+
+class Error(_Message):
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+    retryable: bool = False
+    round: int | None = None
+
+
+Message = Annotated[
+    Hello
+    | Welcome
+    | Start
+    | Started
+    | Draft
+    | Early
+    | Verdict
+    | Cancel
+    | Cancelled
+    | Resume
+    | Resumed
+    | Ping
+    | Pong
+    | Error,
+    Field(discriminator="type"),
+]
+MESSAGE_ADAPTER: TypeAdapter[Any] = TypeAdapter(Message)
