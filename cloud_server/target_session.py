@@ -169,6 +169,7 @@ class TargetSession:
         self.finished = True
 
     def _confidence(self, row: torch.Tensor, token: int) -> float:
+        row = row.detach().cpu()
         probs = (
             torch.softmax(row.double(), -1)
             if self.sampling.greedy

@@ -111,7 +111,8 @@ def verify_window(
         return greedy_verify(logits, draft)
     if proposals is None or uniforms is None:
         raise ValueError("sampling verification needs the draft's proposals and the round's uniforms")
-    return speculative_verify(target_probs(logits, params), draft, proposals, uniforms)
+    # The sampling math runs on the CPU in float64: k + 1 rows are cheap to move, and exactness wants float64.
+    return speculative_verify(target_probs(logits.detach().cpu(), params), draft, proposals, uniforms)
 
 
 def first_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
@@ -121,7 +122,7 @@ def first_token(logits: torch.Tensor, params: SamplingParams, generator: torch.G
     if generator is None:
         raise ValueError("sampling needs the session's generator")
     u = float(torch.rand(1, generator=generator, dtype=torch.float64).item())
-    return sample_inverse_cdf(target_probs(logits[None], params)[0], u)
+    return sample_inverse_cdf(target_probs(logits.detach().cpu()[None], params)[0], u)
 
 
 def _check_shapes(rows: torch.Tensor, draft: Sequence[int]) -> None:

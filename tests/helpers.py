@@ -17,7 +17,7 @@ from shared.sampling import SamplingParams
 
 def oracle_greedy(model, prompt: Sequence[int], max_new_tokens: int, eos: int | None = None) -> list[int]:
     """The target alone: transformers' generate(do_sample=False), generated ids only (EOS included)."""
-    ids = torch.tensor([list(prompt)])
+    ids = torch.tensor([list(prompt)], device=model.device)
     out = model.generate(
         ids,
         attention_mask=torch.ones_like(ids),

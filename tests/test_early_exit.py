@@ -61,7 +61,8 @@ def test_exit_logits_shape_and_zero_adapter_reads_the_base_model(target_model):
     assert captured[2].shape == (2, 64)
     # A zero-initialised adapter is the identity: the exit is the base model's own read-out of layer 2.
     with torch.no_grad():
-        hidden = target.model(torch.tensor([[0, 1, 2, 3, 4]]), output_hidden_states=True).hidden_states[2]
+        ids = torch.tensor([[0, 1, 2, 3, 4]], device=target.model.device)
+        hidden = target.model(ids, output_hidden_states=True).hidden_states[2]
         expected = target.lm_head(target.norm(hidden[0, -2:]))
     torch.testing.assert_close(captured[2], expected)
     assert torch.equal(
@@ -121,7 +122,7 @@ def test_perfect_exit_predicts_every_verdict(target_model):
     with torch.no_grad():
         last.self_attn.o_proj.weight.zero_()
         last.mlp.down_proj.weight.zero_()
-    draft = tiny_llama_draft()
+    draft = tiny_llama_draft().to(model.device)
     for params in (SamplingParams(), SamplingParams(temperature=1.0, seed=7)):
         decoder = build_decoder(model, draft, window=3, heads=heads)
         result = decoder.generate([0, 2, 4], max_tokens=30, sampling=params)
