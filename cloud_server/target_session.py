@@ -163,6 +163,24 @@ class TargetSession:
             server_ms=elapsed * 1000.0,
         )
 
+    def restore(self, record) -> None:
+        """Continue a detached generation (a `sessions.DetachedRecord`): re-prefill its committed ids."""
+        self.sequence.reset()
+        self.committed = list(record.committed)
+        self.prompt_len = record.prompt_len
+        self.round = record.round
+        self.finished = record.finished
+        self.sampling = record.sampling
+        self.max_tokens = record.max_tokens
+        self.stops = StopStrings(self.tokenizer, record.stop) if record.stop else None
+        self.generator = torch.Generator()
+        if record.rng_state is not None:
+            self.generator.set_state(record.rng_state)
+        t0 = time.perf_counter()
+        if len(self.committed) > 1:
+            self.sequence.forward(self.committed[:-1], keep=1)
+        self.busy_s += time.perf_counter() - t0
+
     def close(self) -> None:
         """Free the KV cache (idempotent)."""
         self.sequence.reset()

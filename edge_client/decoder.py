@@ -38,7 +38,7 @@ class GenerationResult:
     token_ids: list[int]
     finish_reason: str | None
     metrics: GenerationMetrics
-    rounds: list[dict[str, object]] = field(default_factory=list)
+    extra: dict[str, object] = field(default_factory=dict)
 
 
 class SpeculativeDecoder:
@@ -115,5 +115,6 @@ class SpeculativeDecoder:
         self, prefix: Sequence[int], sampling: SamplingParams, metrics: GenerationMetrics
     ) -> DraftWindow:
         window = self.draft_engine.draft(prefix, self.window, sampling)
+        assert window is not None  # only a cancelled draft is None
         metrics.draft_s += window.draft_s
         return window

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,7 +49,10 @@ class DraftEngine:
         self.q_top_k = q_top_k
         self.sequence = CachedLM(model)
 
-    def draft(self, prefix: Sequence[int], k: int, sampling: SamplingParams) -> DraftWindow:
+    def draft(
+        self, prefix: Sequence[int], k: int, sampling: SamplingParams, cancel: threading.Event | None = None
+    ) -> DraftWindow | None:
+        """A window of k tokens after `prefix`; None if `cancel` was set before it was complete."""
         if k < 1:
             raise ValueError("a window has at least one token")
         t0 = time.perf_counter()
@@ -57,6 +61,8 @@ class DraftEngine:
         tokens: list[int] = []
         proposals: list[SparseProposal] = []
         for i in range(k):
+            if cancel is not None and cancel.is_set():
+                return None
             if sampling.greedy:
                 token = int(logits.argmax().item())
             else:

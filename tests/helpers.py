@@ -68,5 +68,9 @@ class PerturbedDraft(DraftEngine):
 
 
 def twin(model):
-    """An independent copy, so the draft never shares modules (or hooks) with the target."""
-    return copy.deepcopy(model)
+    """An independent copy, so the draft never shares modules or the target's exit hooks."""
+    clone = copy.deepcopy(model)
+    for module in clone.modules():
+        module._forward_hooks.clear()
+        module._forward_pre_hooks.clear()
+    return clone

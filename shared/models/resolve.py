@@ -61,7 +61,7 @@ def _convert_gguf_file(path: Path, *, progress: bool) -> Path:
 
 
 def load_model(
-    name_or_path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+    name_or_path: str | Path, *, dtype: torch.dtype | str = "auto", device: str | torch.device = "cpu"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Resolve (pulling or converting if needed), then load the model in eval mode and its tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

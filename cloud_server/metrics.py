@@ -1,0 +1,44 @@
+"""Prometheus metrics with the names of DESIGN.md ("Cloud HTTP surface"); one registry per app."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
+
+
+class ServerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("eespec_requests_total", "Requests by route", ["route"], registry=r)
+        self.generated_tokens = Counter(
+            "eespec_generated_tokens_total", "Generated tokens by mode", ["mode"], registry=r
+        )
+        self.rounds = Counter("eespec_rounds_total", "Verification rounds (drafts)", registry=r)
+        self.draft_tokens = Counter("eespec_draft_tokens_total", "Draft tokens received", registry=r)
+        self.accepted_tokens = Counter("eespec_accepted_tokens_total", "Draft tokens accepted", registry=r)
+        self.early_predictions = Counter(
+            "eespec_early_predictions_total", "Early verdicts sent", ["layer"], registry=r
+        )
+        self.early_hits = Counter(
+            "eespec_early_hits_total", "Early verdicts that matched the final verdict", ["layer"], registry=r
+        )
+        self.verify_seconds = Histogram(
+            "eespec_verify_seconds", "Window verification time", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.prefill_seconds = Histogram(
+            "eespec_prefill_seconds", "Prompt prefill time", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.active_sessions = Gauge("eespec_active_sessions", "Sessions with a live socket", registry=r)
+        self.detached_sessions = Gauge(
+            "eespec_detached_sessions", "Detached session records awaiting resume", registry=r
+        )
+        self.kv_cache_bytes = Gauge("eespec_kv_cache_bytes", "Bytes held by KV caches", registry=r)
+        self.queue_depth = Gauge(
+            "eespec_queue_depth", "Jobs waiting for or running on the worker", registry=r
+        )
+        self.errors = Counter("eespec_errors_total", "Errors sent, by code", ["code"], registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

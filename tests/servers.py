@@ -1,0 +1,48 @@
+"""Real uvicorn servers on loopback for tests: in a thread (shared models) or as a subprocess."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import uvicorn
+
+from cloud_server.app import create_app
+from cloud_server.exits import ExitHeads
+from cloud_server.loading import LoadedTarget
+from cloud_server.settings import ServerSettings
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def tiny_loaded(model, tokenizer, exits: tuple[int, ...] = (1, 3), name: str = "tiny") -> LoadedTarget:
+    heads = ExitHeads.untrained(exits, model.config.hidden_size) if exits else None
+    return LoadedTarget.build(name, model, tokenizer, heads)
+
+
+@contextlib.contextmanager
+def running_server(loaded: LoadedTarget, **settings) -> Iterator[str]:
+    """Serve `loaded` on 127.0.0.1:<free port> in a background thread; yields 'http://127.0.0.1:PORT'."""
+    port = free_port()
+    app = create_app(ServerSettings(port=port, **settings), loaded=loaded)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws_max_size=16 << 20)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("test server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
