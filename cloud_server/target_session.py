@@ -97,6 +97,8 @@ class TargetSession:
         self.committed = [*prompt, token]
         reason = check_finished(self.generated, max_tokens, self.eos_ids, self.stops)
         self.finished = reason is not None
+        if self.finished:
+            self.sequence.reset()
         elapsed = time.perf_counter() - t0
         self.busy_s += elapsed
         return Started(
@@ -150,7 +152,10 @@ class TargetSession:
             self.committed.append(result.token)
         self.round = draft.round
         self.finished = result.finished
-        self.sequence.sync(self.committed)
+        if self.finished:
+            self.sequence.reset()  # a finished generation holds no KV cache
+        else:
+            self.sequence.sync(self.committed)
         elapsed = time.perf_counter() - t0
         self.busy_s += elapsed
         return Verdict(

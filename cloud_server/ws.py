@@ -78,9 +78,9 @@ class Connection:
             while True:
                 try:
                     text = await self.ws.receive_text()
-                except WebSocketDisconnect:
+                except (WebSocketDisconnect, RuntimeError):  # RuntimeError: the socket is already closed
                     break
-                except (KeyError, RuntimeError):  # a binary frame, or the socket already closed
+                except KeyError:  # a binary frame
                     self._send_error(ProtocolError("bad_frame", "frames must be JSON text"))
                     continue
                 try:

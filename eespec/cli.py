@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 from transformers.utils import logging as hf_logging
 
+from edge_client.client import EdgeError
 from eespec.defaults import DEFAULT_DRAFT, DEFAULT_EXIT_LAYERS, DEFAULT_TARGET, DEFAULT_WINDOW
 from shared.models import ModelError, list_models, pull_model
 from shared.sampling import SamplingParams
@@ -91,42 +92,68 @@ def generate(
         str | None, typer.Option(help="Trained exit heads (exits.json + safetensors).")
     ] = None,
     preempt: Annotated[bool, typer.Option(help="Pre-draft on early-exit predictions.")] = True,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="EESPEC_API_KEY", help="API key for --server (Bearer).")
+    ] = None,
+    optimistic: Annotated[
+        bool, typer.Option(help="With --server: pre-draft assuming full acceptance before any early frame.")
+    ] = True,
     stop: Annotated[list[str] | None, typer.Option(help="Stop string (repeatable).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     threads: Annotated[int | None, typer.Option(help="torch threads.")] = None,
 ) -> None:
-    """Generate with speculative decoding."""
-    if not local:
-        _fail("only --local is available yet: the websocket client (--server) arrives with the serving issue")
-    if server:
-        _fail("--local and --server exclude each other")
-    from eespec.local import LocalPipeline
-
+    """Generate with speculative decoding: against a cloud server (--server URL) or in-process (--local)."""
+    if local == bool(server):
+        _fail("give exactly one of --local and --server URL")
+    sampling = SamplingParams(
+        temperature=temperature, top_k=top_k, top_p=top_p if top_p > 0 else 1.0, seed=seed
+    )
     try:
-        sampling = SamplingParams(
-            temperature=temperature, top_k=top_k, top_p=top_p if top_p > 0 else 1.0, seed=seed
-        )
-        pipeline = LocalPipeline.load(
-            target,
-            draft,
-            exit_layers=_parse_layers(exits),
-            exits_dir=exits_dir,
-            window=window,
-            preempt=preempt,
-            threads=threads,
-        )
-        result, text, prompt_ids = pipeline.generate(
-            prompt, max_tokens=max_tokens, sampling=sampling, chat=chat, stop=stop
-        )
+        if local:
+            from eespec.local import LocalPipeline
+
+            pipeline = LocalPipeline.load(
+                target,
+                draft,
+                exit_layers=_parse_layers(exits),
+                exits_dir=exits_dir,
+                window=window,
+                preempt=preempt,
+                threads=threads,
+            )
+            result, text, prompt_ids = pipeline.generate(
+                prompt, max_tokens=max_tokens, sampling=sampling, chat=chat, stop=stop
+            )
+        else:
+            from eespec.remote import generate_remote
+
+            result, text, prompt_ids = generate_remote(
+                server,
+                draft,
+                prompt,
+                api_key=api_key,
+                max_tokens=max_tokens,
+                sampling=sampling,
+                chat=chat,
+                stop=stop,
+                window=window,
+                preempt=preempt,
+                optimistic=optimistic,
+                threads=threads,
+            )
     except (ModelError, ValueError) as exc:
         _fail(str(exc))
+    except EdgeError as exc:
+        _fail(f"server said {exc}")
+    except OSError as exc:
+        _fail(f"cannot reach {server}: {exc}")
     if as_json:
         payload = {
             "token_ids": result.token_ids,
             "text": text,
             "prompt_tokens": len(prompt_ids),
             "finish_reason": result.finish_reason,
-            "metrics": result.metrics.to_dict(),
+            "metrics": result.metrics.to_dict() | result.extra,
         }
         typer.echo(json.dumps(payload))
         return
@@ -136,6 +163,58 @@ def generate(
         f"[dim]{m.generated_tokens} tokens in {m.total_s:.2f} s · {m.rounds} rounds · "
         f"mean accepted {m.mean_accepted_len or 0:.2f} · early hits {m.early_hits}/{m.early_rounds} · "
         f"pre-draft hits {m.predraft_hits}/{m.predraft_started}[/]"
+    )
+
+
+@app.command()
+def serve(
+    target: Annotated[str | None, typer.Option(help="Target model name or path (env EESPEC_TARGET).")] = None,
+    exits: Annotated[
+        str | None,
+        typer.Option(help="Exit layers, e.g. 10,20; untrained unless --exits-dir (default 10,20)."),
+    ] = None,
+    exits_dir: Annotated[str | None, typer.Option(help="Trained exit heads.")] = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
+    api_key: Annotated[
+        list[str] | None, typer.Option(help="Accepted API key, repeatable (env EESPEC_API_KEY, a JSON list).")
+    ] = None,
+    ssl_keyfile: Annotated[str | None, typer.Option()] = None,
+    ssl_certfile: Annotated[str | None, typer.Option()] = None,
+    threads: Annotated[int | None, typer.Option(help="torch threads.")] = None,
+    log_level: str = "info",
+) -> None:
+    """Run the cloud server: /v1/speculate, OpenAI-compatible routes, /health, /metrics.
+
+    Every option falls back to its EESPEC_* environment variable, then to the default."""
+    import uvicorn
+
+    from cloud_server.app import create_app
+    from cloud_server.settings import ServerSettings
+
+    given = {
+        "target": target,
+        "exit_layers": list(_parse_layers(exits)) if exits is not None else None,
+        "exits_dir": exits_dir,
+        "host": host,
+        "port": port,
+        "api_key": api_key,
+        "ssl_keyfile": ssl_keyfile,
+        "ssl_certfile": ssl_certfile,
+        "threads": threads,
+    }
+    overrides = {key: value for key, value in given.items() if value is not None}
+    settings = ServerSettings(**overrides)
+    if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
+        err.print("[yellow]warning:[/] listening beyond loopback without --api-key")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        ssl_keyfile=settings.ssl_keyfile,
+        ssl_certfile=settings.ssl_certfile,
+        log_level=log_level,
+        ws_max_size=4 * settings.max_frame_bytes,
     )
 
 

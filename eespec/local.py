@@ -13,6 +13,7 @@ import torch
 
 from cloud_server.early_exit import EarlyExitTarget
 from cloud_server.exits import ExitHeads
+from cloud_server.loading import eos_ids_of
 from cloud_server.target_session import EngineLimits, TargetSession
 from edge_client.decoder import GenerationResult, SpeculativeDecoder
 from edge_client.draft import DraftEngine
@@ -20,15 +21,6 @@ from shared.hashing import vocab_hash
 from shared.models import load_model
 from shared.sampling import SamplingParams
 from shared.stopping import StopStrings
-
-
-def eos_ids_of(model, tokenizer) -> list[int]:
-    eos = model.generation_config.eos_token_id
-    if eos is None:
-        eos = tokenizer.eos_token_id
-    if eos is None:
-        return []
-    return [int(e) for e in eos] if isinstance(eos, list | tuple) else [int(eos)]
 
 
 def encode_prompt(tokenizer, prompt: str, chat: bool) -> list[int]:

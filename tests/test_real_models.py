@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from cloud_server.exits import ExitHeads
+from cloud_server.loading import eos_ids_of
 from eespec.defaults import DEFAULT_DRAFT, DEFAULT_TARGET
-from eespec.local import eos_ids_of
 from shared.models import load_model
 from tests.helpers import build_decoder
 

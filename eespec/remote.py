@@ -1,0 +1,57 @@
+"""`eespec generate --server`: the edge side of one request, against a cloud server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import torch
+
+from edge_client.client import EdgeClient
+from edge_client.decoder import GenerationResult
+from edge_client.draft import DraftEngine
+from eespec.local import encode_prompt
+from shared.models import load_model
+from shared.sampling import SamplingParams
+from shared.stopping import StopStrings
+
+
+def generate_remote(
+    server: str,
+    draft: str,
+    prompt: str,
+    *,
+    api_key: str | None,
+    max_tokens: int,
+    sampling: SamplingParams,
+    chat: bool = False,
+    stop: Sequence[str] | None = None,
+    window: int = 4,
+    preempt: bool = True,
+    optimistic: bool = True,
+    threads: int | None = None,
+) -> tuple[GenerationResult, str, list[int]]:
+    if threads:
+        torch.set_num_threads(threads)
+    draft_model, tokenizer = load_model(draft)
+    prompt_ids = encode_prompt(tokenizer, prompt, chat)
+    engine = DraftEngine(draft_model)
+
+    async def run() -> GenerationResult:
+        client = EdgeClient(
+            server,
+            engine,
+            tokenizer=tokenizer,
+            api_key=api_key,
+            window=window,
+            preempt=preempt,
+            optimistic=optimistic,
+        )
+        async with client:
+            return await client.generate(prompt_ids, max_tokens=max_tokens, sampling=sampling, stop=stop)
+
+    result = asyncio.run(run())
+    text = tokenizer.decode(result.token_ids, skip_special_tokens=True)
+    if stop:
+        text = StopStrings(tokenizer, stop).cut(text)
+    return result, text, prompt_ids
