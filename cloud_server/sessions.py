@@ -21,6 +21,7 @@ class DetachedRecord:
     prompt_len: int
     round: int
     finished: bool
+    finish_reason: str | None
     sampling: SamplingParams
     max_tokens: int
     stop: list[str] | None
@@ -56,6 +57,7 @@ class SessionStore:
             prompt_len=session.prompt_len,
             round=session.round,
             finished=session.finished,
+            finish_reason=session.finish_reason,
             sampling=session.sampling,
             max_tokens=session.max_tokens,
             stop=list(session.stops.stops) if session.stops else None,

@@ -50,6 +50,7 @@ class TargetSession:
         self.prompt_len = 0
         self.round = 0
         self.finished = True
+        self.finish_reason: str | None = None
         self.sampling = SamplingParams()
         self.max_tokens = 0
         self.stops: StopStrings | None = None
@@ -97,6 +98,7 @@ class TargetSession:
         self.committed = [*prompt, token]
         reason = check_finished(self.generated, max_tokens, self.eos_ids, self.stops)
         self.finished = reason is not None
+        self.finish_reason = reason
         if self.finished:
             self.sequence.reset()
         elapsed = time.perf_counter() - t0
@@ -152,6 +154,7 @@ class TargetSession:
             self.committed.append(result.token)
         self.round = draft.round
         self.finished = result.finished
+        self.finish_reason = result.finish_reason
         if self.finished:
             self.sequence.reset()  # a finished generation holds no KV cache
         else:
@@ -175,6 +178,7 @@ class TargetSession:
         self.prompt_len = record.prompt_len
         self.round = record.round
         self.finished = record.finished
+        self.finish_reason = record.finish_reason
         self.sampling = record.sampling
         self.max_tokens = record.max_tokens
         self.stops = StopStrings(self.tokenizer, record.stop) if record.stop else None
@@ -182,7 +186,7 @@ class TargetSession:
         if record.rng_state is not None:
             self.generator.set_state(record.rng_state)
         t0 = time.perf_counter()
-        if len(self.committed) > 1:
+        if len(self.committed) > 1 and not self.finished:
             self.sequence.forward(self.committed[:-1], keep=1)
         self.busy_s += time.perf_counter() - t0
 

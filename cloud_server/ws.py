@@ -262,5 +262,7 @@ class Connection:
                 committed_len=len(record.committed),
                 tail=record.committed[n:],
                 round=record.round + 1,
+                finished=record.finished,
+                finish_reason=record.finish_reason,
             )
         )

@@ -1,29 +1,57 @@
-"""The edge client: protocol 1 over a websocket, with preemptive drafting (DESIGN.md, "Decoding protocol").
+"""The edge client: protocol 1 over a websocket (DESIGN.md, "Decoding protocol").
 
     async with EdgeClient("ws://127.0.0.1:8000", draft_engine, tokenizer=tok, api_key="k") as client:
         result = await client.generate(prompt_ids, max_tokens=64)
 
-`generate_sync` wraps it for scripts.
+Beyond one exchange per round it does:
+* preemptive drafting: on `early` frames (and optimistically, before any) it drafts the next window;
+* adaptive windows (`window=None`): the draft length that maximises expected tokens per second;
+* resume: a dropped socket is reconnected with backoff and the session resumed (`resume`), or restarted
+  from the committed tokens when the server lost it;
+* edge-only fallback (`fallback="continue"`): while the cloud is unreachable or slower than a budget the
+  draft keeps generating, streamed as unverified events; when the link returns they are submitted as
+  windows and the ones the target rejects are retracted.
+Nothing of this changes the output: only verdicts commit tokens.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import statistics
 import time
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from edge_client.decoder import GenerationResult
 from edge_client.draft import DraftEngine, DraftWindow
+from edge_client.events import EventCallback, StreamEvent
 from edge_client.metrics import GenerationMetrics
 from edge_client.predraft import Hypothesis, Predrafter, PredraftStats
-from shared.hashing import vocab_hash
-from shared.protocol import MESSAGE_ADAPTER, Early, Error, Hello, Start, Started, Verdict, Welcome
+from edge_client.window import AdaptiveWindow
+from shared.hashing import ids_hash, vocab_hash
+from shared.protocol import (
+    MESSAGE_ADAPTER,
+    Early,
+    Error,
+    Hello,
+    Resume,
+    Resumed,
+    Start,
+    Started,
+    Verdict,
+    Welcome,
+)
 from shared.sampling import SamplingParams
+
+log = logging.getLogger("eespec.edge")
+LINK_ERRORS = (ConnectionClosed, OSError, InvalidHandshake, asyncio.TimeoutError)
 
 
 class EdgeError(Exception):
@@ -36,6 +64,70 @@ class EdgeError(Exception):
         self.retryable = retryable
 
 
+class LinkLost(Exception):
+    """The socket dropped, or the server stayed silent past `verdict_timeout_s`."""
+
+
+@dataclass
+class _Generation:
+    prompt: list[int]
+    sampling: SamplingParams
+    max_tokens: int
+    stop: list[str] | None
+    on_event: EventCallback | None
+    committed: list[int] = field(default_factory=list)
+    provisional: list[int] = field(default_factory=list)  # unverified tokens shown after `committed`
+    session_id: str | None = None
+    started: bool = False
+    finished: bool = False
+    finish_reason: str | None = None
+    round_no: int = 0
+    next_window: DraftWindow | None = None  # pre-drafted after the last verdict (a hit)
+    metrics: GenerationMetrics = field(default_factory=GenerationMetrics)
+    rtts_ms: list[float] = field(default_factory=list)
+    windows: list[int] = field(default_factory=list)
+    window_reason: str = ""
+    retracted: int = 0
+    survived: int = 0
+    unverified_emitted: int = 0
+    reconnects: int = 0
+    restarts: int = 0
+
+    @property
+    def generated(self) -> list[int]:
+        return self.committed[len(self.prompt) :]
+
+    def emit(self, event: StreamEvent) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
+
+    def commit(self, new: list[int]) -> None:
+        """Append verified tokens, reconciling them with the unverified ones already shown."""
+        shown = self.provisional
+        matched = 0
+        while matched < min(len(shown), len(new)) and shown[matched] == new[matched]:
+            matched += 1
+        if matched:
+            self.emit(StreamEvent.confirm(new[:matched]))
+            self.survived += matched
+        if matched < len(shown) and matched < len(new):
+            self.emit(StreamEvent.retract(shown[matched:]))
+            self.retracted += len(shown) - matched
+            self.provisional = []
+        else:
+            self.provisional = shown[matched:]
+        if matched < len(new):
+            self.emit(StreamEvent.tokens(new[matched:], verified=True))
+        self.committed.extend(new)
+
+    def finish(self, reason: str | None) -> None:
+        self.finished, self.finish_reason = True, reason
+        if self.provisional:  # shown but never verified: the generation ended before them
+            self.emit(StreamEvent.retract(self.provisional))
+            self.retracted += len(self.provisional)
+            self.provisional = []
+
+
 class EdgeClient:
     def __init__(
         self,
@@ -44,12 +136,19 @@ class EdgeClient:
         *,
         tokenizer: Any = None,
         api_key: str | None = None,
-        window: int = 4,
+        window: int | None = 4,
         preempt: bool = True,
         optimistic: bool = True,
         early_trust: float = 0.5,
         exits: Sequence[int] | None = None,
-        open_timeout: float = 30.0,
+        fallback: Literal["wait", "continue"] = "wait",
+        fallback_budget_s: float = 1.0,
+        max_unverified: int = 64,
+        verdict_timeout_s: float = 60.0,
+        reconnect_timeout_s: float = 60.0,
+        backoff_s: float = 0.05,
+        backoff_max_s: float = 2.0,
+        open_timeout: float = 10.0,
     ) -> None:
         self.url = _speculate_url(url)
         self.draft = draft
@@ -60,6 +159,13 @@ class EdgeClient:
         self.optimistic = optimistic
         self.early_trust = early_trust
         self.exits = list(exits) if exits is not None else None
+        self.fallback = fallback
+        self.fallback_budget_s = fallback_budget_s
+        self.max_unverified = max_unverified
+        self.verdict_timeout_s = verdict_timeout_s
+        self.reconnect_timeout_s = reconnect_timeout_s
+        self.backoff_s = backoff_s
+        self.backoff_max_s = backoff_max_s
         self.open_timeout = open_timeout
         self.ws: ClientConnection | None = None
         self.welcome: Welcome | None = None
@@ -74,22 +180,26 @@ class EdgeClient:
         await self.close()
 
     async def connect(self) -> Welcome:
+        await self.close()
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         self.ws = await connect(
-            self.url, additional_headers=headers, open_timeout=self.open_timeout, max_size=None
+            self.url,
+            additional_headers=headers,
+            open_timeout=self.open_timeout,
+            max_size=None,
+            compression=None,
         )
         hello = Hello(
             vocab_hash=vocab_hash(self.tokenizer) if self.tokenizer is not None else None, exits=self.exits
         )
         await self._send(hello.model_dump(mode="json", exclude_none=True))
-        self.welcome = await self._expect(Welcome)
-        if self.window > self.welcome.limits.max_window:
-            self.window = self.welcome.limits.max_window
+        self.welcome = await self._expect(Welcome, timeout=self.open_timeout)
         return self.welcome
 
     async def close(self) -> None:
         if self.ws is not None:
-            await self.ws.close()
+            with contextlib.suppress(Exception):
+                await self.ws.close()
             self.ws = None
 
     async def generate(
@@ -99,108 +209,266 @@ class EdgeClient:
         max_tokens: int,
         sampling: SamplingParams | None = None,
         stop: Sequence[str] | None = None,
+        on_event: EventCallback | None = None,
     ) -> GenerationResult:
-        if self.ws is None:
-            await self.connect()
-        sampling = sampling or SamplingParams()
-        metrics = GenerationMetrics()
-        stats = PredraftStats()
-        predrafter = Predrafter(self.draft, self.window, sampling, stats)
-        rtts: list[float] = []
-        up0, down0 = self.bytes_up, self.bytes_down
-        t_start = time.perf_counter()
-        start = Start(
-            token_ids=list(prompt_ids),
-            sampling=sampling,
+        gen = _Generation(
+            prompt=list(prompt_ids),
+            sampling=sampling or SamplingParams(),
             max_tokens=max_tokens,
             stop=list(stop) if stop else None,
+            on_event=on_event,
+            committed=list(prompt_ids),
         )
-        await self._send(start.model_dump(mode="json", exclude_none=True))
-        started = await self._expect(Started)
-        metrics.server_busy_s += started.server_ms / 1000.0
-        committed: list[int] = [*prompt_ids, started.first_token]
-        finished, finish_reason = started.finished, started.finish_reason
-        next_window: DraftWindow | None = None
-        round_no = 0
-        while not finished:
-            round_no += 1
-            if next_window is None:
-                next_window = await asyncio.to_thread(self.draft.draft, committed, self.window, sampling)
-                metrics.draft_s += next_window.draft_s
-            window = next_window
-            t_sent = time.perf_counter()
-            await self._send(window.to_message(round_no).model_dump(mode="json", exclude_none=True))
-            if self.preempt and self.optimistic:
-                guess = Hypothesis((*window.prefix, *window.tokens), "optimistic", rank=0.0, guess_next=True)
-                await predrafter.request(guess)
-            last_early: Early | None = None
-            while True:
-                frame = await self._receive()
-                if isinstance(frame, Early) and frame.round == round_no:
-                    metrics.early_predictions += 1
-                    last_early = frame
-                    if self.preempt:
-                        prefix = (*window.prefix, *window.tokens[: frame.accepted], frame.token)
-                        # A confident exit outranks the optimistic guess; a deeper exit outranks a shallower.
-                        rank = frame.layer if frame.confidence >= self.early_trust else 0.0
-                        await predrafter.request(Hypothesis(prefix, f"early@{frame.layer}", rank))
-                elif isinstance(frame, Verdict) and frame.round == round_no:
-                    verdict = frame
-                    break
-            metrics.verify_wait_s += time.perf_counter() - t_sent
-            rtts.append(max(0.0, (time.perf_counter() - t_sent) * 1000.0 - verdict.server_ms))
-            metrics.server_busy_s += verdict.server_ms / 1000.0
-            metrics.rounds += 1
-            metrics.drafted += len(window.tokens)
-            metrics.accepted += verdict.accepted
-            committed.extend(window.tokens[: verdict.accepted])
-            if verdict.token is not None:
-                committed.append(verdict.token)
-            if last_early is not None:
-                metrics.early_rounds += 1
-                metrics.early_hits += (last_early.accepted, last_early.token) == (
-                    verdict.accepted,
-                    verdict.token,
-                )
-            finished, finish_reason = verdict.finished, verdict.finish_reason
-            next_window = None if finished else await predrafter.settle(tuple(committed))
+        stats = PredraftStats()
+        t_start = time.perf_counter()
+        up0, down0 = self.bytes_up, self.bytes_down
+        max_window = self.welcome.limits.max_window if self.welcome else 16
+        windows = AdaptiveWindow(max_window, fixed=self.window, initial=min(4, max_window))
+        predrafter = Predrafter(self.draft, windows.initial, gen.sampling, stats)
+        while not gen.finished:
+            try:
+                if self.ws is None:
+                    raise LinkLost("not connected")
+                if not gen.started:
+                    await self._start(gen, gen.prompt, gen.max_tokens)
+                else:
+                    await self._round(gen, windows, predrafter)
+            except LinkLost as exc:
+                log.info("link lost (%s); recovering", exc)
+                await predrafter.stop()
+                await self._recover(gen)
         await predrafter.stop()
-        metrics.draft_s += predrafter.draft_s
-        metrics.predraft_started = sum(stats.started.values())
-        metrics.predraft_hits = sum(stats.hits.values())
-        metrics.total_s = time.perf_counter() - t_start
-        generated = committed[len(prompt_ids) :]
-        metrics.generated_tokens = len(generated)
-        result = GenerationResult(token_ids=generated, finish_reason=finish_reason, metrics=metrics)
+        m = gen.metrics
+        m.draft_s += predrafter.draft_s
+        m.predraft_started = sum(stats.started.values())
+        m.predraft_hits = sum(stats.hits.values())
+        m.total_s = time.perf_counter() - t_start
+        m.generated_tokens = len(gen.generated)
+        result = GenerationResult(token_ids=gen.generated, finish_reason=gen.finish_reason, metrics=m)
         result.extra = {
             "predraft_by_source": {
                 s: {"started": n, "hits": stats.hits.get(s, 0)} for s, n in stats.started.items()
             },
-            "rtt_ms_p50": statistics.median(rtts) if rtts else None,
-            "rtt_ms_p95": _percentile(rtts, 95) if rtts else None,
+            "rtt_ms_p50": statistics.median(gen.rtts_ms) if gen.rtts_ms else None,
+            "rtt_ms_p95": _percentile(gen.rtts_ms, 95) if gen.rtts_ms else None,
             "bytes_up": self.bytes_up - up0,
             "bytes_down": self.bytes_down - down0,
+            "windows": gen.windows,
+            "window_reason": gen.window_reason,
+            "unverified_emitted": gen.unverified_emitted,
+            "unverified_survived": gen.survived,
+            "retracted": gen.retracted,
+            "reconnects": gen.reconnects,
+            "restarts": gen.restarts,
         }
         return result
 
-    async def _send(self, payload: dict[str, Any]) -> None:
-        assert self.ws is not None
-        text = json.dumps(payload, separators=(",", ":"))
-        self.bytes_up += len(text.encode())
-        await self.ws.send(text)
+    async def _start(self, gen: _Generation, token_ids: list[int], max_tokens: int) -> None:
+        start = Start(token_ids=token_ids, sampling=gen.sampling, max_tokens=max_tokens, stop=gen.stop)
+        await self._send(start.model_dump(mode="json", exclude_none=True))
+        started = await self._expect(Started, timeout=self.verdict_timeout_s)
+        gen.started = True
+        gen.session_id = self.welcome.session_id if self.welcome else None
+        gen.round_no = 0
+        gen.metrics.server_busy_s += started.server_ms / 1000.0
+        gen.commit([started.first_token])
+        if started.finished:
+            gen.finish(started.finish_reason)
 
-    async def _receive(self) -> Any:
-        assert self.ws is not None
-        text = await self.ws.recv()
+    async def _round(self, gen: _Generation, windows: AdaptiveWindow, predrafter: Predrafter) -> None:
+        choice = windows.choose()
+        gen.window_reason = choice.reason
+        k = choice.k
+        predrafter.k = k
+        window, gen.next_window = gen.next_window, None
+        if window is None or tuple(window.prefix) != tuple(gen.committed):
+            window = await asyncio.to_thread(self.draft.draft, gen.committed, k, gen.sampling)
+            gen.metrics.draft_s += window.draft_s
+        k = len(window.tokens)  # a pre-drafted window keeps the size chosen when it was drafted
+        gen.windows.append(k)
+        gen.round_no += 1
+        t_sent = time.perf_counter()
+        await self._send(window.to_message(gen.round_no).model_dump(mode="json", exclude_none=True))
+        if self.preempt and self.optimistic:
+            guess = Hypothesis((*window.prefix, *window.tokens), "optimistic", rank=0.0, guess_next=True)
+            await predrafter.request(guess)
+        verdict, last_early = await self._await_verdict(gen, window, predrafter)
+        wait_s = time.perf_counter() - t_sent
+        m = gen.metrics
+        m.verify_wait_s += wait_s
+        rtt_ms = max(0.0, wait_s * 1000.0 - verdict.server_ms)
+        gen.rtts_ms.append(rtt_ms)
+        m.server_busy_s += verdict.server_ms / 1000.0
+        m.rounds += 1
+        m.drafted += len(window.tokens)
+        m.accepted += verdict.accepted
+        windows.observe(
+            k,
+            verdict.accepted,
+            window.draft_s / k if window.draft_s else None,
+            verdict.verify_ms / 1e3,
+            rtt_ms / 1e3,
+        )
+        if last_early is not None:
+            m.early_rounds += 1
+            m.early_hits += (last_early.accepted, last_early.token) == (verdict.accepted, verdict.token)
+        new = list(window.tokens[: verdict.accepted]) + ([verdict.token] if verdict.token is not None else [])
+        gen.commit(new)
+        if verdict.finished:
+            gen.finish(verdict.finish_reason)
+            return
+        gen.next_window = await predrafter.settle(tuple(gen.committed))
+
+    async def _await_verdict(
+        self, gen: _Generation, window: DraftWindow, predrafter: Predrafter
+    ) -> tuple[Verdict, Early | None]:
+        last_early: Early | None = None
+        unverified: asyncio.Task[None] | None = None
+        deadline = time.monotonic() + self.verdict_timeout_s
+        try:
+            while True:
+                budget = deadline - time.monotonic()
+                if self.fallback == "continue" and unverified is None:
+                    budget = min(budget, self.fallback_budget_s)
+                try:
+                    frame = await self._receive(timeout=max(budget, 0.0))
+                except TimeoutError:
+                    if time.monotonic() >= deadline:
+                        raise LinkLost("no verdict within verdict_timeout_s") from None
+                    # Slower than the budget: keep generating on the edge, marked unverified.
+                    await predrafter.stop()
+                    unverified = asyncio.create_task(self._draft_unverified(gen, list(window.tokens)))
+                    continue
+                if isinstance(frame, Early) and frame.round == gen.round_no:
+                    gen.metrics.early_predictions += 1
+                    last_early = frame
+                    if self.preempt and unverified is None:
+                        prefix = (*window.prefix, *window.tokens[: frame.accepted], frame.token)
+                        # A confident exit outranks the optimistic guess; a deeper exit outranks a shallower.
+                        rank = frame.layer if frame.confidence >= self.early_trust else 0.0
+                        await predrafter.request(Hypothesis(prefix, f"early@{frame.layer}", rank))
+                elif isinstance(frame, Verdict) and frame.round == gen.round_no:
+                    return frame, last_early
+        finally:
+            if unverified is not None:
+                unverified.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await unverified
+
+    async def _draft_unverified(self, gen: _Generation, in_flight: list[int]) -> None:
+        """Edge-only generation: show the window in flight, then keep drafting one token at a time."""
+        if not gen.provisional:
+            gen.provisional = list(in_flight)
+            gen.unverified_emitted += len(in_flight)
+            gen.emit(StreamEvent.tokens(list(in_flight), verified=False))
+        while (
+            len(gen.provisional) < self.max_unverified
+            and len(gen.generated) + len(gen.provisional) < gen.max_tokens
+        ):
+            window = await asyncio.to_thread(
+                self.draft.draft, gen.committed + gen.provisional, 1, gen.sampling
+            )
+            gen.metrics.draft_s += window.draft_s
+            gen.provisional.append(window.tokens[0])
+            gen.unverified_emitted += 1
+            gen.emit(StreamEvent.tokens([window.tokens[0]], verified=False))
+
+    async def _recover(self, gen: _Generation) -> None:
+        """Reconnect with backoff, then resume the session (or restart from the committed tokens)."""
+        await self.close()
+        unverified = None
+        if self.fallback == "continue" and gen.started:
+            unverified = asyncio.create_task(self._draft_unverified(gen, []))
+        deadline = time.monotonic() + self.reconnect_timeout_s
+        delay = self.backoff_s
+        try:
+            while True:
+                try:
+                    await self.connect()
+                    gen.reconnects += 1
+                    if not gen.started:
+                        return  # the loop sends `start` again
+                    if await self._resume(gen):
+                        return
+                    await self._restart(gen)
+                    return
+                except (LinkLost, *LINK_ERRORS) as exc:
+                    await self.close()
+                    if time.monotonic() + delay > deadline:
+                        raise EdgeError(
+                            "unreachable", f"could not reconnect within {self.reconnect_timeout_s} s: {exc}"
+                        ) from exc
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.backoff_max_s)
+        finally:
+            if unverified is not None:
+                unverified.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await unverified
+
+    async def _resume(self, gen: _Generation) -> bool:
+        """Resume the detached session; False when the server no longer has it."""
+        if gen.session_id is None:
+            return False
+        resume = Resume(
+            session_id=gen.session_id,
+            committed_len=len(gen.committed),
+            committed_hash=ids_hash(gen.committed),
+        )
+        await self._send(resume.model_dump(mode="json"))
+        try:
+            resumed = await self._expect(Resumed, timeout=self.verdict_timeout_s)
+        except EdgeError as exc:
+            if exc.code == "session_not_found":
+                return False
+            raise
+        gen.round_no = resumed.round - 1
+        if resumed.tail:
+            gen.commit(list(resumed.tail))
+        if resumed.finished:
+            gen.finish(resumed.finish_reason)
+        return True
+
+    async def _restart(self, gen: _Generation) -> None:
+        """The server lost the session: start again from the committed tokens (exact: greedy continues
+        identically, and sampling continues from the target's own distribution)."""
+        gen.restarts += 1
+        remaining = gen.max_tokens - len(gen.generated)
+        await self._start(gen, list(gen.committed), remaining)
+
+    async def _send(self, payload: dict[str, Any]) -> None:
+        if self.ws is None:
+            raise LinkLost("not connected")
+        text = json.dumps(payload, separators=(",", ":"))
+        try:
+            await self.ws.send(text)
+        except LINK_ERRORS as exc:
+            raise LinkLost(str(exc)) from exc
+        self.bytes_up += len(text.encode())
+
+    async def _receive(self, timeout: float | None = None) -> Any:
+        if self.ws is None:
+            raise LinkLost("not connected")
+        try:
+            text = await asyncio.wait_for(self.ws.recv(), timeout)
+        except TimeoutError:
+            raise
+        except (ConnectionClosed, OSError) as exc:
+            raise LinkLost(str(exc)) from exc
         self.bytes_down += len(text) if isinstance(text, bytes) else len(text.encode())
         frame = MESSAGE_ADAPTER.validate_json(text)
         if isinstance(frame, Error):
             raise EdgeError(frame.code, frame.message, frame.retryable)
         return frame
 
-    async def _expect(self, kind: type) -> Any:
+    async def _expect(self, kind: type, timeout: float | None = None) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            frame = await self._receive()
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                frame = await self._receive(timeout=remaining)
+            except TimeoutError:
+                raise LinkLost(f"no {kind.__name__.lower()} within {timeout} s") from None
             if isinstance(frame, kind):
                 return frame
 
@@ -222,7 +490,16 @@ def _percentile(values: list[float], q: float) -> float:
 
 def generate_sync(url: str, draft: DraftEngine, prompt_ids: Sequence[int], **kwargs: Any) -> GenerationResult:
     """One request with a fresh connection, for scripts: `generate_sync(url, engine, ids, max_tokens=32)`."""
-    client_keys = {"tokenizer", "api_key", "window", "preempt", "optimistic", "early_trust", "exits"}
+    client_keys = {
+        "tokenizer",
+        "api_key",
+        "window",
+        "preempt",
+        "optimistic",
+        "early_trust",
+        "exits",
+        "fallback",
+    }
     client_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in client_keys}
 
     async def run() -> GenerationResult:

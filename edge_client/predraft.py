@@ -106,8 +106,10 @@ class Predrafter:
     async def settle(self, committed: tuple[int, ...]) -> DraftWindow | None:
         """After a verdict: the pre-drafted window for `committed`, if any (a hit); forget the rest."""
         running = self._running
-        if running is not None and self._task is not None and running.prefix == (
-            committed[:-1] if running.guess_next else committed
+        if (
+            running is not None
+            and self._task is not None
+            and running.prefix == (committed[:-1] if running.guess_next else committed)
         ):
             self._queued = None
             await self._task  # the right hypothesis is being drafted: let it finish

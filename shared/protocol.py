@@ -122,6 +122,10 @@ class Resumed(_Message):
     committed_len: int
     tail: list[int]
     round: int
+    # Extensions (unknown fields are ignored by peers): whether the generation had already finished, e.g.
+    # when the verdict that finished it was lost in flight.
+    finished: bool = False
+    finish_reason: Literal["stop", "length"] | None = None
 
 
 class Ping(_Message):

@@ -102,3 +102,32 @@ def test_cli_generate_local_json(pair):
     assert payload["text"] == tokenizer.decode(payload["token_ids"], skip_special_tokens=True)
     for key in ("rounds", "drafted", "accepted", "mean_accepted_len", "early_predictions", "early_hits"):
         assert key in payload["metrics"]
+
+
+@pytest.mark.parametrize("preempt", [True, False])
+def test_default_pair_over_websockets_equals_generate(pair, preempt):
+    """The real server (in a thread, loopback websockets) with the default pair and exits 10, 20."""
+    import asyncio
+
+    from edge_client.client import EdgeClient
+    from edge_client.draft import DraftEngine
+    from tests.servers import running_server, tiny_loaded
+
+    target, draft, tokenizer = pair
+    loaded = tiny_loaded(target, tokenizer, exits=(10, 20), name=DEFAULT_TARGET)
+
+    async def run(url):
+        outputs = []
+        async with EdgeClient(
+            url, DraftEngine(draft), tokenizer=tokenizer, api_key="k", preempt=preempt
+        ) as client:
+            for prompt in PROMPTS:
+                result = await client.generate(tokenizer(prompt).input_ids, max_tokens=MAX_TOKENS)
+                outputs.append(result.token_ids)
+        return outputs
+
+    with running_server(loaded, api_key=["k"]) as url:
+        outputs = asyncio.run(run(url))
+    loaded.target.close()
+    for prompt, output in zip(PROMPTS, outputs, strict=True):
+        assert output == oracle(target, tokenizer, tokenizer(prompt).input_ids)
