@@ -20,7 +20,13 @@ class WindowChoice:
 
 class AdaptiveWindow:
     def __init__(
-        self, max_window: int, *, initial: int = 4, fixed: int | None = None, decay: float = 0.8
+        self,
+        max_window: int,
+        *,
+        initial: int = 4,
+        fixed: int | None = None,
+        decay: float = 0.8,
+        acceptance_decay: float = 0.97,
     ) -> None:
         if max_window < 1:
             raise ValueError("max_window must be ≥ 1")
@@ -28,6 +34,8 @@ class AdaptiveWindow:
         self.fixed = None if fixed is None else max(1, min(fixed, max_window))
         self.initial = max(1, min(initial, max_window))
         self.decay = decay
+        # Acceptance is a noisy Bernoulli rate: it needs a longer memory (~30 rounds) than timings do.
+        self.acceptance_decay = acceptance_decay
         self._accepted = 0.0
         self._trials = 0.0
         self._draft_s: float | None = None
@@ -42,8 +50,9 @@ class AdaptiveWindow:
     ) -> None:
         d = self.decay
         self.rounds += 1
-        self._accepted = d * self._accepted + accepted
-        self._trials = d * self._trials + accepted + (1 if accepted < k else 0)
+        da = self.acceptance_decay
+        self._accepted = da * self._accepted + accepted
+        self._trials = da * self._trials + accepted + (1 if accepted < k else 0)
         if draft_s_per_token is not None:
             self._draft_s = _ewma(self._draft_s, draft_s_per_token, d)
         self._rtt_s = _ewma(self._rtt_s, rtt_s, d)
