@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import statistics
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -323,7 +324,7 @@ class EdgeClient:
         self, gen: _Generation, window: DraftWindow, predrafter: Predrafter
     ) -> tuple[Verdict, Early | None]:
         last_early: Early | None = None
-        unverified: asyncio.Task[None] | None = None
+        unverified: _UnverifiedDrafting | None = None
         deadline = time.monotonic() + self.verdict_timeout_s
         try:
             while True:
@@ -337,7 +338,7 @@ class EdgeClient:
                         raise LinkLost("no verdict within verdict_timeout_s") from None
                     # Slower than the budget: keep generating on the edge, marked unverified.
                     await predrafter.stop()
-                    unverified = asyncio.create_task(self._draft_unverified(gen, list(window.tokens)))
+                    unverified = _UnverifiedDrafting(self, gen, list(window.tokens))
                     continue
                 if isinstance(frame, Early) and frame.round == gen.round_no:
                     gen.metrics.early_predictions += 1
@@ -351,34 +352,12 @@ class EdgeClient:
                     return frame, last_early
         finally:
             if unverified is not None:
-                unverified.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await unverified
-
-    async def _draft_unverified(self, gen: _Generation, in_flight: list[int]) -> None:
-        """Edge-only generation: show the window in flight, then keep drafting one token at a time."""
-        if not gen.provisional:
-            gen.provisional = list(in_flight)
-            gen.unverified_emitted += len(in_flight)
-            gen.emit(StreamEvent.tokens(list(in_flight), verified=False))
-        while (
-            len(gen.provisional) < self.max_unverified
-            and len(gen.generated) + len(gen.provisional) < gen.max_tokens
-        ):
-            window = await asyncio.to_thread(
-                self.draft.draft, gen.committed + gen.provisional, 1, gen.sampling
-            )
-            gen.metrics.draft_s += window.draft_s
-            gen.provisional.append(window.tokens[0])
-            gen.unverified_emitted += 1
-            gen.emit(StreamEvent.tokens([window.tokens[0]], verified=False))
+                await unverified.stop()
 
     async def _recover(self, gen: _Generation) -> None:
         """Reconnect with backoff, then resume the session (or restart from the committed tokens)."""
         await self.close()
         unverified = None
-        if self.fallback == "continue" and gen.started:
-            unverified = asyncio.create_task(self._draft_unverified(gen, []))
         deadline = time.monotonic() + self.reconnect_timeout_s
         delay = self.backoff_s
         try:
@@ -386,6 +365,9 @@ class EdgeClient:
                 try:
                     await self.connect()
                     gen.reconnects += 1
+                    if unverified is not None:
+                        await unverified.stop()  # the draft model must be idle before anything commits
+                        unverified = None
                     if not gen.started:
                         return  # the loop sends `start` again
                     if await self._resume(gen):
@@ -395,16 +377,15 @@ class EdgeClient:
                 except (LinkLost, *LINK_ERRORS) as exc:
                     await self.close()
                     if time.monotonic() + delay > deadline:
-                        raise EdgeError(
-                            "unreachable", f"could not reconnect within {self.reconnect_timeout_s} s: {exc}"
-                        ) from exc
+                        message = f"could not reconnect within {self.reconnect_timeout_s} s: {exc}"
+                        raise EdgeError("unreachable", message) from exc
+                    if unverified is None and self.fallback == "continue" and gen.started:
+                        unverified = _UnverifiedDrafting(self, gen, [])
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self.backoff_max_s)
         finally:
             if unverified is not None:
-                unverified.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await unverified
+                await unverified.stop()
 
     async def _resume(self, gen: _Generation) -> bool:
         """Resume the detached session; False when the server no longer has it."""
@@ -471,6 +452,40 @@ class EdgeClient:
                 raise LinkLost(f"no {kind.__name__.lower()} within {timeout} s") from None
             if isinstance(frame, kind):
                 return frame
+
+
+class _UnverifiedDrafting:
+    """Edge-only generation in the background: shows the window in flight, then drafts one token at a
+    time after everything shown. Stopped cooperatively: the draft model runs on a thread and has one KV
+    cache, so it must be idle before anyone drafts or commits again."""
+
+    def __init__(self, client: EdgeClient, gen: _Generation, in_flight: list[int]) -> None:
+        self.client, self.gen = client, gen
+        self.halt = threading.Event()
+        if not gen.provisional and in_flight:
+            gen.provisional = list(in_flight)
+            gen.unverified_emitted += len(in_flight)
+            gen.emit(StreamEvent.tokens(list(in_flight), verified=False))
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        gen, client = self.gen, self.client
+        while not self.halt.is_set():
+            shown = len(gen.generated) + len(gen.provisional)
+            if len(gen.provisional) >= client.max_unverified or shown >= gen.max_tokens:
+                return
+            prefix = gen.committed + gen.provisional
+            window = await asyncio.to_thread(client.draft.draft, prefix, 1, gen.sampling, self.halt)
+            if window is None or self.halt.is_set():
+                return
+            gen.metrics.draft_s += window.draft_s
+            gen.provisional.append(window.tokens[0])
+            gen.unverified_emitted += 1
+            gen.emit(StreamEvent.tokens([window.tokens[0]], verified=False))
+
+    async def stop(self) -> None:
+        self.halt.set()
+        await self.task
 
 
 def _speculate_url(url: str) -> str:

@@ -63,6 +63,8 @@ class Predrafter:
             self._queued = hypothesis
 
     def _start(self, hypothesis: Hypothesis) -> None:
+        if self._task is not None and self._task.done():
+            self._task.result()  # surface a failed pre-draft instead of dropping it
         self.stats.count(self.stats.started, hypothesis.source)
         self._running = hypothesis
         self._cancel = threading.Event()

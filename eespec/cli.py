@@ -218,6 +218,16 @@ def serve(
     )
 
 
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False
+)
+def netem(ctx: typer.Context) -> None:
+    """Network emulator: a TCP proxy with delay, jitter, bandwidth and loss (`eespec netem --help`)."""
+    from eespec.netem import main as netem_main
+
+    raise typer.Exit(netem_main(ctx.args))
+
+
 DEMO_PROMPTS = [
     "def fibonacci(n):",
     "The robot should walk forward two meters, then",

@@ -56,8 +56,12 @@ class PerturbedDraft(DraftEngine):
         self.positions = positions
         self.vocab_size = vocab_size
 
-    def draft(self, prefix: Sequence[int], k: int, sampling: SamplingParams) -> DraftWindow:
-        window = super().draft(prefix, k, sampling)
+    def draft(
+        self, prefix: Sequence[int], k: int, sampling: SamplingParams, cancel=None
+    ) -> DraftWindow | None:
+        window = super().draft(prefix, k, sampling, cancel)
+        if window is None:
+            return None
         tokens = tuple(
             (t + 1) % self.vocab_size if len(prefix) + i in self.positions else t
             for i, t in enumerate(window.tokens)
