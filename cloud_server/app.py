@@ -7,8 +7,9 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cloud_server.http_api import router as openai_router
 from cloud_server.loading import LoadedTarget, load_target
@@ -46,21 +47,7 @@ def create_app(
     app = FastAPI(title="eespec cloud server", version="0.1.0", lifespan=lifespan)
     app.state.eespec = state
 
-    @app.middleware("http")
-    async def require_key(request: Request, call_next):
-        if request.url.path != "/health" and not state.authorized(request.headers.get("authorization")):
-            state.metrics.errors.labels(code="unauthorized").inc()
-            return JSONResponse(
-                {
-                    "error": {
-                        "code": "unauthorized",
-                        "message": "missing or wrong API key",
-                        "type": "auth_error",
-                    }
-                },
-                status_code=401,
-            )
-        return await call_next(request)
+    app.add_middleware(ApiKeyMiddleware, state=state)
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -80,14 +67,31 @@ def create_app(
     return app
 
 
+class ApiKeyMiddleware:
+    """`Authorization: Bearer KEY` on every HTTP route but /health (401 JSON otherwise).
+
+    Pure ASGI rather than `@app.middleware("http")`, which would hide client disconnects from the routes.
+    The websocket route checks the key itself, to refuse the upgrade with 403.
+    """
+
+    def __init__(self, app: ASGIApp, state: ServerState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] != "/health":
+            headers = dict(scope.get("headers") or [])
+            authorization = headers.get(b"authorization", b"").decode("latin-1") or None
+            if not self.state.authorized(authorization):
+                self.state.metrics.errors.labels(code="unauthorized").inc()
+                error = {"code": "unauthorized", "message": "missing or wrong API key", "type": "auth_error"}
+                await JSONResponse({"error": error}, status_code=401)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def exit_layers(state: ServerState) -> list[int]:
     return list(state.loaded.target.exit_layers) if state.loaded else []
-
-
-def require_ready(state: ServerState) -> LoadedTarget:
-    if state.loaded is None:
-        raise HTTPException(status_code=503, detail="model loading")
-    return state.loaded
 
 
 async def _load(state: ServerState, loader: Callable[[ServerSettings], LoadedTarget]) -> None:

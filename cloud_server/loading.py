@@ -48,7 +48,7 @@ def eos_ids_of(model, tokenizer) -> list[int]:
 def load_target(settings: ServerSettings) -> LoadedTarget:
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    model, tokenizer = load_model(settings.target)
+    model, tokenizer = load_model(settings.target, device=settings.device)
     if settings.exits_dir:
         heads: ExitHeads | None = ExitHeads.load(settings.exits_dir)
     elif settings.exit_layers:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+import json
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.protocol import Limits
 
@@ -12,11 +15,12 @@ class ServerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EESPEC_", extra="ignore")
 
     target: str = "smollm2-135m-instruct"
-    exit_layers: list[int] = Field(default_factory=lambda: [10, 20])
+    exit_layers: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [10, 20])
     exits_dir: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
-    api_key: list[str] = Field(default_factory=list)
+    api_key: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    device: str = "cpu"
     ssl_keyfile: str | None = None
     ssl_certfile: str | None = None
     threads: int | None = None
@@ -26,6 +30,17 @@ class ServerSettings(BaseSettings):
     max_window: int = 16
     ttl_s: float = 60.0
     max_frame_bytes: int = 1 << 20
+
+    @field_validator("exit_layers", "api_key", mode="before")
+    @classmethod
+    def _list_from_env(cls, value: Any) -> Any:
+        """Environment values: a JSON list, or comma-separated ("10,20", "key1,key2"), or one value."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
 
     def limits(self) -> Limits:
         return Limits(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass, field
+from typing import Any
 
 from cloud_server.loading import LoadedTarget
 from cloud_server.metrics import ServerMetrics
@@ -19,6 +20,8 @@ class ServerState:
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
     loaded: LoadedTarget | None = None
     load_error: str | None = None
+    # Autoregressive generations of the HTTP routes, for the KV-cache gauge.
+    http_generations: set[Any] = field(default_factory=set)
     sessions: SessionStore = field(init=False)
 
     def __post_init__(self) -> None:
@@ -42,5 +45,6 @@ class ServerState:
         self.sessions.expire()
         self.metrics.active_sessions.set(len(self.sessions.active))
         self.metrics.detached_sessions.set(len(self.sessions.detached))
-        self.metrics.kv_cache_bytes.set(self.sessions.kv_bytes)
+        http_bytes = sum(g.kv_bytes for g in list(self.http_generations))
+        self.metrics.kv_cache_bytes.set(self.sessions.kv_bytes + http_bytes)
         self.metrics.queue_depth.set(self.worker.queue_depth)

@@ -193,13 +193,20 @@ def serve(
     ssl_keyfile: Annotated[str | None, typer.Option()] = None,
     ssl_certfile: Annotated[str | None, typer.Option()] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads.")] = None,
+    device: Annotated[
+        str | None, typer.Option(help="torch device for the target, e.g. cuda (default cpu).")
+    ] = None,
     log_level: str = "info",
 ) -> None:
     """Run the cloud server: /v1/speculate, OpenAI-compatible routes, /health, /metrics.
 
     Every option falls back to its EESPEC_* environment variable, then to the default."""
     _quiet_transformers()
+    import logging
+
     import uvicorn
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from cloud_server.app import create_app
     from cloud_server.settings import ServerSettings
@@ -214,6 +221,7 @@ def serve(
         "ssl_keyfile": ssl_keyfile,
         "ssl_certfile": ssl_certfile,
         "threads": threads,
+        "device": device,
     }
     overrides = {key: value for key, value in given.items() if value is not None}
     settings = ServerSettings(**overrides)

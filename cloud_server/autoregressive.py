@@ -1,0 +1,100 @@
+"""The cloud-only baseline: the target alone, one forward pass per token (DESIGN.md, "Cloud HTTP surface").
+
+Transport-free like `TargetSession`: the HTTP routes run `prefill` and each `step` as separate jobs on the
+inference worker, so concurrent requests and speculation sessions interleave token by token.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import torch
+
+from cloud_server.loading import LoadedTarget
+from shared.kv import CachedLM
+from shared.sampling import SamplingParams
+from shared.stopping import FinishReason, StopStrings, check_finished
+from shared.verification import first_token
+
+
+class AutoregressiveGeneration:
+    """One generation on the target: `prefill(prompt_ids)`, then `step()` until `finished`.
+
+    Tokens are chosen with `first_token` (argmax, or transformers' warpers then an inverse-CDF draw with a
+    generator seeded by `sampling.seed`); the finish rules are those of `shared.stopping` (EOS is part of
+    the output, as in `generate()`). The KV cache is dropped as soon as the generation finishes or `close`
+    is called.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedTarget,
+        sampling: SamplingParams,
+        max_tokens: int,
+        stop: Sequence[str] | None = None,
+    ) -> None:
+        if max_tokens < 1:
+            raise ValueError("max_tokens must be at least 1")
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.eos_ids = frozenset(int(t) for t in loaded.eos_ids)
+        self.sampling = sampling
+        self.max_tokens = max_tokens
+        self.stops = StopStrings(loaded.tokenizer, stop) if stop else None
+        self.generator = None if sampling.greedy else torch.Generator().manual_seed(sampling.seed)
+        self.prompt_ids: list[int] = []
+        self.generated: list[int] = []
+        self.finish_reason: FinishReason | None = None
+        self.prefill_s = 0.0
+        self.busy_s = 0.0
+        self._lm: CachedLM | None = None
+        self._closed = False
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None or self._closed
+
+    @property
+    def kv_bytes(self) -> int:
+        lm = self._lm
+        return lm.nbytes if lm is not None else 0
+
+    def prefill(self, prompt_ids: Sequence[int]) -> int:
+        """Run the prompt and return the first generated token."""
+        if self._lm is not None or self.generated or self._closed:
+            raise RuntimeError("prefill runs once, on a fresh generation")
+        prompt = [int(t) for t in prompt_ids]
+        if not prompt:
+            raise ValueError("the prompt is empty")
+        t0 = time.perf_counter()
+        lm = CachedLM(self.model)
+        self._lm = lm
+        self.prompt_ids = prompt
+        token = self._choose(lm.forward(prompt, keep=1)[-1])
+        self.prefill_s = time.perf_counter() - t0
+        self.busy_s += self.prefill_s
+        return token
+
+    def step(self) -> int:
+        """Feed the last token and return the next one."""
+        lm = self._lm  # a local reference: `close` from another thread cannot pull it away mid-forward
+        if lm is None or self.finished:
+            raise RuntimeError("no generation in progress")
+        t0 = time.perf_counter()
+        token = self._choose(lm.forward([self.generated[-1]], keep=1)[-1])
+        self.busy_s += time.perf_counter() - t0
+        return token
+
+    def close(self) -> None:
+        """Stop and free the KV cache (idempotent; safe while a step is running on the worker)."""
+        self._closed = True
+        self._lm = None
+
+    def _choose(self, logits_row: torch.Tensor) -> int:
+        token = first_token(logits_row, self.sampling, self.generator)
+        self.generated.append(token)
+        self.finish_reason = check_finished(self.generated, self.max_tokens, self.eos_ids, self.stops)
+        if self.finish_reason is not None:
+            self._lm = None
+        return token

@@ -1,0 +1,463 @@
+"""OpenAI-compatible routes: the target alone, autoregressively — the cloud-only baseline.
+
+`POST /v1/completions`, `POST /v1/chat/completions` (SSE when `stream: true`) and `GET /v1/models`.
+Usage carries timing (`ttft_ms`, `ms_per_token`, `total_ms`) but no speculative fields. Errors are
+OpenAI-shaped, `{"error": {"message", "type", "code"}}`, with the protocol's stable codes; a malformed
+body answers 400 `bad_frame` (not FastAPI's 422). Auth is the app's middleware.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cloud_server.autoregressive import AutoregressiveGeneration
+from cloud_server.loading import LoadedTarget
+from cloud_server.state import ServerState
+from shared.errors import ProtocolError
+from shared.sampling import SamplingParams
+from shared.stopping import StopStrings
+
+router = APIRouter()
+log = logging.getLogger("eespec.server.http")
+MODE = "autoregressive"
+_STATUS = {"internal": 500}
+_CREATED = int(time.time())
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = False
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    temperature: float | None = Field(None, ge=0.0, le=100.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=0)  # our extension (OpenAI has none); 0 = off
+    seed: int | None = Field(None, ge=0, lt=2**63)
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = Field(1, ge=1, le=1)
+
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_k=self.top_k or 0,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            seed=secrets.randbits(62) if self.seed is None else self.seed,
+        )
+
+    def stops(self) -> list[str]:
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return [s for s in stops if s]
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+
+class CompletionBody(_Body):
+    prompt: str | list[int]
+    max_tokens: int | None = Field(16, ge=1)
+    echo: Literal[False] = False
+    logprobs: None = None
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text"] = "text"
+    text: str
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: str
+    content: str | list[TextPart] | None = None
+
+    def template_dict(self) -> dict[str, str]:
+        content = self.content
+        if isinstance(content, list):
+            content = "".join(part.text for part in content)
+        return {"role": self.role, "content": content or ""}
+
+
+class ChatBody(_Body):
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: Literal[False] | None = None
+
+
+def visible_text(tokenizer, stops: StopStrings, ids: Sequence[int]) -> str:
+    """The text the client sees for generated `ids`: special tokens skipped, cut before a stop string."""
+    return stops.cut(tokenizer.decode(list(ids), skip_special_tokens=True))
+
+
+class TextStream:
+    """Incremental detokenisation: each `push` returns the text that became final.
+
+    The whole generation is decoded each time and the difference to what was sent is emitted, so a
+    multi-byte character split across tokens appears once complete. Text that could still turn out to be
+    the start of a stop string is held back until it cannot; the text never includes a stop string.
+    """
+
+    def __init__(self, tokenizer, stops: Sequence[str] = ()) -> None:
+        self.tokenizer = tokenizer
+        self.stops = StopStrings(tokenizer, stops)
+        self.ids: list[int] = []
+        self.sent = ""
+
+    def push(self, token: int) -> str:
+        self.ids.append(int(token))
+        text = self._visible()
+        text = text.rstrip("\ufffd")  # an incomplete UTF-8 sequence so far
+        text = text[: len(text) - self._stop_prefix_len(text)]
+        return self._emit(text)
+
+    def finish(self) -> str:
+        """The rest of the text once the generation has ended."""
+        return self._emit(self._visible())
+
+    def _visible(self) -> str:
+        return visible_text(self.tokenizer, self.stops, self.ids)
+
+    def _stop_prefix_len(self, text: str) -> int:
+        """Length of the longest suffix of `text` that is a proper prefix of a stop string."""
+        best = 0
+        for stop in self.stops.stops:
+            for n in range(min(len(stop) - 1, len(text)), best, -1):
+                if text.endswith(stop[:n]):
+                    best = n
+                    break
+        return best
+
+    def _emit(self, text: str) -> str:
+        if len(text) <= len(self.sent):
+            return ""
+        delta = text[len(self.sent) :]
+        self.sent = text
+        return delta
+
+
+def error_response(status: int, code: str, message: str) -> JSONResponse:
+    kind = {400: "invalid_request_error", 503: "service_unavailable"}.get(status, "server_error")
+    return JSONResponse({"error": {"message": message, "type": kind, "code": code}}, status_code=status)
+
+
+class _HttpError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def _ready(state: ServerState) -> LoadedTarget:
+    if state.loaded is None:
+        message = f"the model failed to load: {state.load_error}" if state.load_error else "model loading"
+        raise _HttpError(503, "internal", message)
+    return state.loaded
+
+
+async def _parse(request: Request, model: type[_Body]) -> Any:
+    try:
+        raw = await request.json()
+    except ValueError as exc:  # invalid JSON or UTF-8
+        raise _HttpError(400, "bad_frame", f"the body is not JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise _HttpError(400, "bad_frame", "the body must be a JSON object")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
+        raise _HttpError(400, "bad_frame", f"invalid request: {detail}") from exc
+
+
+def _check_prompt(state: ServerState, loaded: LoadedTarget, prompt_ids: list[int]) -> None:
+    if not prompt_ids:
+        raise ProtocolError("bad_frame", "the prompt is empty")
+    limit = state.settings.max_prompt_tokens
+    if len(prompt_ids) > limit:
+        raise ProtocolError("too_large", f"prompt of {len(prompt_ids)} tokens > max_prompt_tokens ({limit})")
+    vocab = int(loaded.model.config.vocab_size)
+    bad = [t for t in prompt_ids if not 0 <= t < vocab]
+    if bad:
+        raise ProtocolError("bad_frame", f"token ids outside the vocabulary (0..{vocab - 1}): {bad[:5]}")
+
+
+def _check_max_tokens(state: ServerState, max_tokens: int) -> None:
+    if max_tokens > state.settings.max_tokens:
+        raise ProtocolError(
+            "limit_exceeded", f"max_tokens {max_tokens} > the server's limit ({state.settings.max_tokens})"
+        )
+
+
+def _chat_prompt(tokenizer, messages: list[Message]) -> list[int]:
+    if not getattr(tokenizer, "chat_template", None):
+        raise ProtocolError("bad_frame", "the model's tokenizer has no chat template; use /v1/completions")
+    try:
+        ids = tokenizer.apply_chat_template(
+            [m.template_dict() for m in messages], add_generation_prompt=True, tokenize=True
+        )
+    except Exception as exc:  # templates may raise on roles or orders they do not support
+        raise ProtocolError("bad_frame", f"the chat template rejected the messages: {exc}") from exc
+    if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+        ids = ids["input_ids"]
+    return [int(t) for t in ids]
+
+
+def _default_max_tokens(state: ServerState, loaded: LoadedTarget, prompt_len: int) -> int:
+    """Chat without `max_tokens`: up to the server's limit, within the model's context when it has one."""
+    limit = state.settings.max_tokens
+    context = getattr(loaded.model.config, "max_position_embeddings", None)
+    if isinstance(context, int) and context > prompt_len:
+        limit = min(limit, context - prompt_len)
+    return max(1, limit)
+
+
+class _Run:
+    """One request's generation, driven from the event loop with every model call on the worker."""
+
+    def __init__(
+        self,
+        state: ServerState,
+        loaded: LoadedTarget,
+        body: _Body,
+        prompt_ids: list[int],
+        max_tokens: int,
+        t_request: float,
+    ) -> None:
+        self.state = state
+        self.prompt_ids = prompt_ids
+        self.stops = body.stops()
+        self.gen = AutoregressiveGeneration(loaded, body.sampling(), max_tokens, self.stops)
+        state.http_generations.add(self.gen)
+        self.text = TextStream(loaded.tokenizer, self.stops)
+        self.t_request = t_request
+        self.t_first: float | None = None
+        self.t_last: float | None = None
+
+    async def prefill(self) -> int:
+        token = await self.state.worker.run(self.gen.prefill, self.prompt_ids)
+        self.state.metrics.prefill_seconds.observe(self.gen.prefill_s)
+        self._count()
+        return token
+
+    async def tokens(self, first: int) -> AsyncIterator[int]:
+        """`first` (already produced by `prefill`), then each further token until the generation ends."""
+        yield first
+        while not self.gen.finished:
+            token = await self.state.worker.run(self.gen.step)
+            self._count()
+            yield token
+
+    def _count(self) -> None:
+        now = time.perf_counter()
+        if self.t_first is None:
+            self.t_first = now
+        self.t_last = now
+        self.state.metrics.generated_tokens.labels(mode=MODE).inc()
+
+    @property
+    def finish_reason(self) -> str:
+        return self.gen.finish_reason or "stop"
+
+    def usage(self) -> dict[str, Any]:
+        completion = len(self.gen.generated)
+        first = self.t_first if self.t_first is not None else time.perf_counter()
+        last = self.t_last if self.t_last is not None else first
+        return {
+            "prompt_tokens": len(self.prompt_ids),
+            "completion_tokens": completion,
+            "total_tokens": len(self.prompt_ids) + completion,
+            # time to first token from the request's arrival (queueing and prefill included); then the
+            # mean time between tokens after the first (null with fewer than two tokens)
+            "ttft_ms": (first - self.t_request) * 1000.0,
+            "ms_per_token": (last - first) * 1000.0 / (completion - 1) if completion > 1 else None,
+            "total_ms": (last - self.t_request) * 1000.0,
+        }
+
+    def close(self) -> None:
+        self.gen.close()
+        self.state.http_generations.discard(self.gen)
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> Response:
+    state: ServerState = request.app.state.eespec
+    state.metrics.requests.labels(route="models").inc()
+    try:
+        loaded = _ready(state)
+    except _HttpError as exc:
+        return _fail(state, exc)
+    card = {"id": loaded.name, "object": "model", "created": _CREATED, "owned_by": "eespec"}
+    return JSONResponse({"object": "list", "data": [card]})
+
+
+@router.post("/v1/completions")
+async def completions(request: Request) -> Response:
+    return await _serve(request, chat=False)
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    return await _serve(request, chat=True)
+
+
+def _fail(state: ServerState, exc: _HttpError | ProtocolError) -> JSONResponse:
+    if isinstance(exc, ProtocolError):
+        exc = _HttpError(_STATUS.get(exc.code, 400), exc.code, exc.message)
+    state.metrics.errors.labels(code=exc.code).inc()
+    return error_response(exc.status, exc.code, exc.message)
+
+
+async def _serve(request: Request, *, chat: bool) -> Response:
+    t_request = time.perf_counter()
+    state: ServerState = request.app.state.eespec
+    state.metrics.requests.labels(route="chat_completions" if chat else "completions").inc()
+    try:
+        loaded = _ready(state)
+        body: CompletionBody | ChatBody = await _parse(request, ChatBody if chat else CompletionBody)
+        if isinstance(body, ChatBody):
+            prompt_ids = _chat_prompt(loaded.tokenizer, body.messages)
+        elif isinstance(body.prompt, str):
+            prompt_ids = [int(t) for t in loaded.tokenizer(body.prompt).input_ids]
+        else:
+            prompt_ids = list(body.prompt)
+        _check_prompt(state, loaded, prompt_ids)
+        if isinstance(body, ChatBody):
+            max_tokens = body.max_completion_tokens or body.max_tokens
+        else:
+            max_tokens = body.max_tokens
+        if max_tokens is None:
+            max_tokens = _default_max_tokens(state, loaded, len(prompt_ids))
+        _check_max_tokens(state, max_tokens)
+        run = _Run(state, loaded, body, prompt_ids, max_tokens, t_request)
+    except (_HttpError, ProtocolError) as exc:
+        return _fail(state, exc)
+
+    try:
+        first = await run.prefill()
+    except BaseException as exc:
+        run.close()
+        if not isinstance(exc, Exception):
+            raise
+        log.exception("prefill failed")
+        return _fail(state, _HttpError(500, "internal", f"{type(exc).__name__}: {exc}"))
+
+    head = {
+        "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
+        "created": int(time.time()),
+        "model": loaded.name,
+    }
+    if body.stream:
+        return StreamingResponse(
+            _stream(run, first, head, chat=chat, include_usage=body.include_usage),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    return await _complete(request, run, first, head, chat=chat)
+
+
+async def _watch_disconnect(request: Request, gone: asyncio.Event) -> None:
+    """Set `gone` when the client goes away.
+
+    A blocking `receive` notices the disconnect as soon as it happens, without polling.
+    """
+    try:
+        message = await request.receive()
+    except Exception:
+        return
+    if message.get("type") == "http.disconnect":
+        gone.set()
+
+
+async def _complete(request: Request, run: _Run, first: int, head: dict[str, Any], *, chat: bool) -> Response:
+    gone = asyncio.Event()
+    watcher = asyncio.create_task(_watch_disconnect(request, gone))
+    try:
+        async for _token in run.tokens(first):
+            if gone.is_set():
+                return Response(status_code=499)  # nobody reads it; stop generating
+        text = visible_text(run.text.tokenizer, run.text.stops, run.gen.generated)
+    except Exception as exc:
+        log.exception("generation failed")
+        return _fail(run.state, _HttpError(500, "internal", f"{type(exc).__name__}: {exc}"))
+    finally:
+        watcher.cancel()
+        run.close()
+    if chat:
+        choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text}}
+    else:
+        choice = {"index": 0, "text": text}
+    choice.update(finish_reason=run.finish_reason, logprobs=None)
+    payload = {
+        **head,
+        "object": "chat.completion" if chat else "text_completion",
+        "choices": [choice],
+        "usage": run.usage(),
+    }
+    return JSONResponse(payload)
+
+
+def _sse(payload: dict[str, Any] | str) -> bytes:
+    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
+    return f"data: {data}\n\n".encode()
+
+
+async def _stream(
+    run: _Run, first: int, head: dict[str, Any], *, chat: bool, include_usage: bool
+) -> AsyncIterator[bytes]:
+    """SSE chunks: text deltas, a final chunk with `finish_reason`, usage if asked, then `[DONE]`.
+
+    A client that goes away cancels this generator at its next await; `finally` frees the cache.
+    """
+    base: dict[str, Any] = {**head, "object": "chat.completion.chunk" if chat else "text_completion"}
+    if include_usage:
+        base["usage"] = None
+
+    def chunk(delta: str | None, finish_reason: str | None = None, role: bool = False) -> bytes:
+        if chat:
+            d: dict[str, Any] = {"role": "assistant"} if role else {}
+            if delta is not None:
+                d["content"] = delta
+            choice: dict[str, Any] = {"index": 0, "delta": d}
+        else:
+            choice = {"index": 0, "text": delta or ""}
+        choice.update(finish_reason=finish_reason, logprobs=None)
+        return _sse({**base, "choices": [choice]})
+
+    try:
+        if chat:
+            yield chunk("", role=True)
+        async for token in run.tokens(first):
+            delta = run.text.push(token)
+            if delta:
+                yield chunk(delta)
+        rest = run.text.finish()
+        yield chunk(rest if rest or not chat else None, run.finish_reason)
+        if include_usage:
+            yield _sse({**base, "choices": [], "usage": run.usage()})
+    except Exception as exc:
+        log.exception("generation failed mid-stream")
+        run.state.metrics.errors.labels(code="internal").inc()
+        message = f"{type(exc).__name__}: {exc}"
+        yield _sse({"error": {"message": message, "type": "server_error", "code": "internal"}})
+    finally:
+        run.close()
+    yield _sse("[DONE]")
