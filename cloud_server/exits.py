@@ -113,7 +113,46 @@ class ExitHeads(nn.Module):
             heads.to(dtype)
         return heads.eval()
 
+    def subset(self, layers: tuple[int, ...] | list[int]) -> ExitHeads:
+        """The same heads restricted to `layers` (each must have a head here)."""
+        missing = sorted(set(layers) - set(self.layers))
+        if missing:
+            raise ValueError(f"no trained exit head for layers {missing}; available: {list(self.layers)}")
+        config = ExitConfig(
+            layers=tuple(sorted(set(layers))),
+            hidden_size=self.config.hidden_size,
+            kind=self.config.kind,
+            rank=self.config.rank,
+            base_model=self.config.base_model,
+            notes=self.config.notes,
+        )
+        heads = ExitHeads(config).to(next(self.parameters()).dtype)
+        for layer in config.layers:
+            heads.adapters[str(layer)].load_state_dict(self.adapters[str(layer)].state_dict())
+        return heads.eval()
+
     @classmethod
     def untrained(cls, layers: tuple[int, ...], hidden_size: int, kind: AdapterKind = "linear") -> ExitHeads:
         """Zero-initialised heads: each exit reads the base model's own intermediate state."""
         return cls(ExitConfig(layers=tuple(layers), hidden_size=hidden_size, kind=kind)).eval()
+
+
+SHIPPED_DIR = Path(__file__).parent / "exit_heads"
+
+
+def shipped_exit_heads(model_name: str) -> Path | None:
+    """The trained heads shipped for a known model name (`cloud_server/exit_heads/<name>/`), if any."""
+    directory = SHIPPED_DIR / Path(model_name).name
+    return directory if (directory / CONFIG_NAME).is_file() else None
+
+
+def resolve_exit_heads(
+    model_name: str, hidden_size: int, layers: tuple[int, ...] | list[int], exits_dir: str | Path | None
+) -> ExitHeads | None:
+    """Trained heads from `exits_dir` (or the shipped ones for `model_name`), restricted to `layers` when
+    given; without trained heads, zero-initialised ones at `layers`; None when neither says any."""
+    directory = Path(exits_dir) if exits_dir else shipped_exit_heads(model_name)
+    if directory is not None:
+        heads = ExitHeads.load(directory)
+        return heads.subset(layers) if layers else heads
+    return ExitHeads.untrained(tuple(layers), hidden_size) if layers else None

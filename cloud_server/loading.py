@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from cloud_server.early_exit import EarlyExitTarget
-from cloud_server.exits import ExitHeads
+from cloud_server.exits import ExitHeads, resolve_exit_heads
 from cloud_server.settings import ServerSettings
 from shared.hashing import vocab_hash
 from shared.models import load_model
@@ -49,11 +49,6 @@ def load_target(settings: ServerSettings) -> LoadedTarget:
     if settings.threads:
         torch.set_num_threads(settings.threads)
     model, tokenizer = load_model(settings.target, device=settings.device)
-    if settings.exits_dir:
-        heads: ExitHeads | None = ExitHeads.load(settings.exits_dir)
-    elif settings.exit_layers:
-        heads = ExitHeads.untrained(tuple(settings.exit_layers), model.config.hidden_size)
-    else:
-        heads = None
     name = settings.target.rstrip("/").split("/")[-1]
+    heads = resolve_exit_heads(name, model.config.hidden_size, settings.exit_layers, settings.exits_dir)
     return LoadedTarget.build(name, model, tokenizer, heads)

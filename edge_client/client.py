@@ -140,6 +140,7 @@ class EdgeClient:
         window: int | None = 4,
         preempt: bool = True,
         optimistic: bool = True,
+        optimistic_min: float = 0.2,
         early_trust: float = 0.5,
         exits: Sequence[int] | None = None,
         fallback: Literal["wait", "continue"] = "wait",
@@ -158,6 +159,8 @@ class EdgeClient:
         self.window = window
         self.preempt = preempt
         self.optimistic = optimistic
+        # Optimistic pre-drafting pays only when a window is often fully accepted.
+        self.optimistic_min = optimistic_min
         self.early_trust = early_trust
         self.exits = list(exits) if exits is not None else None
         self.fallback = fallback
@@ -290,7 +293,7 @@ class EdgeClient:
         gen.round_no += 1
         t_sent = time.perf_counter()
         await self._send(window.to_message(gen.round_no).model_dump(mode="json", exclude_none=True))
-        if self.preempt and self.optimistic:
+        if self.preempt and self.optimistic and windows.full_acceptance(k) >= self.optimistic_min:
             guess = Hypothesis((*window.prefix, *window.tokens), "optimistic", rank=0.0, guess_next=True)
             await predrafter.request(guess)
         verdict, last_early = await self._await_verdict(gen, window, predrafter)

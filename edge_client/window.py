@@ -64,6 +64,11 @@ class AdaptiveWindow:
     def acceptance(self) -> float | None:
         return self._accepted / self._trials if self._trials > 0 else None
 
+    def full_acceptance(self, k: int) -> float:
+        """Estimated probability that a window of k is accepted whole (1 before any round is seen)."""
+        alpha = self.acceptance
+        return 1.0 if alpha is None else alpha**k
+
     def verify_s(self, k: int) -> float:
         w, sk, skk, sv, skv = self._sums
         mean_v = sv / w

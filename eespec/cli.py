@@ -104,6 +104,12 @@ def generate(
     optimistic: Annotated[
         bool, typer.Option(help="With --server: pre-draft assuming full acceptance before any early frame.")
     ] = True,
+    adaptive: Annotated[
+        bool, typer.Option(help="With --server: choose the window each round (bounded by the server).")
+    ] = False,
+    fallback: Annotated[
+        str, typer.Option(help="With --server: 'wait' for the cloud, or 'continue' with unverified tokens.")
+    ] = "wait",
     stop: Annotated[list[str] | None, typer.Option(help="Stop string (repeatable).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     threads: Annotated[int | None, typer.Option(help="torch threads.")] = None,
@@ -111,6 +117,8 @@ def generate(
     """Generate with speculative decoding: against a cloud server (--server URL) or in-process (--local)."""
     if local == bool(server):
         _fail("give exactly one of --local and --server URL")
+    if fallback not in ("wait", "continue"):
+        _fail("--fallback is 'wait' or 'continue'")
     _quiet_transformers()
     from edge_client.client import EdgeError
     from shared.models import ModelError
@@ -150,6 +158,8 @@ def generate(
                 window=window,
                 preempt=preempt,
                 optimistic=optimistic,
+                adaptive=adaptive,
+                fallback=fallback,
                 threads=threads,
             )
     except (ModelError, ValueError) as exc:
@@ -246,6 +256,19 @@ def netem(ctx: typer.Context) -> None:
     from eespec.netem import main as netem_main
 
     raise typer.Exit(netem_main(ctx.args))
+
+
+@app.command(
+    "train-exits",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def train_exits(ctx: typer.Context) -> None:
+    """Self-distil exit heads for a target, base frozen (`eespec train-exits --help`)."""
+    _quiet_transformers()
+    from training import main_train_exits
+
+    raise typer.Exit(main_train_exits(ctx.args))
 
 
 DEMO_PROMPTS = [

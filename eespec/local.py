@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from cloud_server.early_exit import EarlyExitTarget
-from cloud_server.exits import ExitHeads
+from cloud_server.exits import resolve_exit_heads
 from cloud_server.loading import eos_ids_of
 from cloud_server.target_session import EngineLimits, TargetSession
 from edge_client.decoder import GenerationResult, SpeculativeDecoder
@@ -62,12 +62,8 @@ class LocalPipeline:
         draft_model, draft_tokenizer = load_model(draft)
         if vocab_hash(tokenizer) != vocab_hash(draft_tokenizer):
             raise ValueError("draft and target tokenizers differ (vocab_hash mismatch); they must share one")
-        if exits_dir:
-            heads: ExitHeads | None = ExitHeads.load(exits_dir)
-        elif exit_layers:
-            heads = ExitHeads.untrained(tuple(exit_layers), target_model.config.hidden_size)
-        else:
-            heads = None
+        name = str(target).rstrip("/").split("/")[-1]
+        heads = resolve_exit_heads(name, target_model.config.hidden_size, list(exit_layers), exits_dir)
         early_target = EarlyExitTarget(target_model, heads)
         session = TargetSession(
             early_target,

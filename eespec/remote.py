@@ -29,6 +29,8 @@ def generate_remote(
     window: int = 4,
     preempt: bool = True,
     optimistic: bool = True,
+    adaptive: bool = False,
+    fallback: str = "wait",
     threads: int | None = None,
 ) -> tuple[GenerationResult, str, list[int]]:
     if threads:
@@ -43,9 +45,10 @@ def generate_remote(
             engine,
             tokenizer=tokenizer,
             api_key=api_key,
-            window=window,
+            window=None if adaptive else window,
             preempt=preempt,
             optimistic=optimistic,
+            fallback="continue" if fallback == "continue" else "wait",
         )
         async with client:
             return await client.generate(prompt_ids, max_tokens=max_tokens, sampling=sampling, stop=stop)

@@ -153,3 +153,18 @@ def test_bad_exit_layers_are_rejected(target_model):
         EarlyExitTarget(twin(target_model), ExitHeads.untrained((4,), 32))
     with pytest.raises(ValueError):
         ExitHeads.untrained((0,), 32)
+
+
+def test_subset_and_resolution_of_heads(tmp_path):
+    from cloud_server.exits import resolve_exit_heads
+
+    heads = scrambled_heads((4, 8, 12), 32)
+    heads.save(tmp_path)
+    sub = resolve_exit_heads("any", 32, [8], tmp_path)
+    assert sub.layers == (8,)
+    assert torch.equal(sub.adapter(8).proj.weight, heads.adapter(8).proj.weight)
+    with pytest.raises(ValueError, match="no trained exit head"):
+        resolve_exit_heads("any", 32, [5], tmp_path)
+    assert resolve_exit_heads("any", 32, [], tmp_path).layers == (4, 8, 12)
+    assert resolve_exit_heads("no-such-model", 32, [3], None).layers == (3,)
+    assert resolve_exit_heads("no-such-model", 32, [], None) is None
