@@ -24,6 +24,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from cloud_server.exits import shipped_exit_heads
 from edge_client.client import EdgeClient
 from edge_client.draft import DraftEngine
 from eespec.defaults import DEFAULT_DRAFT, DEFAULT_EXIT_LAYERS, DEFAULT_TARGET
@@ -100,14 +101,14 @@ def run_demo(prompts: Sequence[str], *, max_tokens: int, window: int, threads: i
     torch.set_num_threads(threads or 1)
     draft_model, tokenizer = load_model(DEFAULT_DRAFT)
     engine = DraftEngine(draft_model)
-    modes = {"cloud only": None, "speculative": False, "speculative + preemptive": True}
+    modes = {"cloud-ar": None, "sd": False, "sd-preempt": True}
     rows: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
     identical = {mode: True for mode in modes}
     with cloud_server(api_key, DEFAULT_EXIT_LAYERS, console) as url:
         for prompt in prompts:
             reference, seconds = _cloud_only(url, api_key, prompt, max_tokens)
             n_ref = len(tokenizer(reference, add_special_tokens=False).input_ids)
-            rows["cloud only"].append({"s": seconds, "tokens": n_ref})
+            rows["cloud-ar"].append({"s": seconds, "tokens": n_ref})
             prompt_ids = tokenizer(prompt).input_ids
             for mode, preempt in modes.items():
                 if preempt is None:
@@ -142,20 +143,12 @@ async def _speculate(url, api_key, engine, tokenizer, prompt_ids, max_tokens, wi
 
 def _print_table(console, rows, identical, n_prompts, max_tokens, window) -> None:
     table = Table(title=f"greedy, {n_prompts} prompts × up to {max_tokens} tokens, window {window}, loopback")
-    for column in (
-        "mode",
-        "latency s (median)",
-        "tokens/s",
-        "mean accepted",
-        "early hits",
-        "pre-draft hits",
-        "same output",
-    ):
+    for column in ("mode", "latency s", "tok/s", "accepted/round", "early hits", "pre-draft hits", "same"):
         table.add_column(column, justify="right" if column != "mode" else "left")
     for mode, cells in rows.items():
         tokens_per_s = sum(c["tokens"] for c in cells) / sum(c["s"] for c in cells)
-        speculative = mode != "cloud only"
-        preemptive = mode.endswith("preemptive")
+        speculative = mode != "cloud-ar"
+        preemptive = mode == "sd-preempt"
         early = (
             f"{sum(c['early_hits'] for c in cells)}/{sum(c['early_rounds'] for c in cells)}"
             if speculative
@@ -173,11 +166,14 @@ def _print_table(console, rows, identical, n_prompts, max_tokens, window) -> Non
             f"{statistics.mean(c['accepted'] for c in cells):.2f}" if speculative else "-",
             early,
             predraft,
-            ("yes" if identical[mode] else "NO") if speculative else "reference",
+            ("yes" if identical[mode] else "NO") if speculative else "ref",
         )
     console.print(table)
+    exits = "trained" if shipped_exit_heads(DEFAULT_TARGET) else "untrained"
     console.print(
-        "[dim]Draft: provisional (the target's first 4 layers, untrained) and exits untrained, so "
-        "acceptance and pre-draft hits are low until the trained ones ship: speculation is slower "
-        "than the cloud alone here.[/]"
+        "[dim]cloud-ar: the server alone, streamed; sd: speculative; sd-preempt: with early-exit "
+        f"verdicts and pre-drafting. Exits after layers {', '.join(map(str, DEFAULT_EXIT_LAYERS))} "
+        f"({exits}). The draft is provisional (the target's first 4 layers, untrained): "
+        "acceptance is near zero, so speculation is slower than the cloud alone until the "
+        "distilled draft ships.[/]"
     )
