@@ -19,6 +19,7 @@ from cloud_server.http_api import TextStream
 from cloud_server.settings import ServerSettings
 from shared.sampling import SamplingParams
 from shared.tiny import tiny_llama, tiny_tokenizer
+from tests.conftest import DEVICE
 from tests.helpers import oracle_greedy
 from tests.servers import running_server, tiny_loaded
 
@@ -46,7 +47,7 @@ METRIC_NAMES = [
 
 @pytest.fixture(scope="module")
 def model():
-    model = tiny_llama(0, vocab_size=99, hidden_size=32, layers=4)
+    model = tiny_llama(0, vocab_size=99, hidden_size=32, layers=4).to(DEVICE)
     model.generation_config.eos_token_id = EOS
     return model
 

@@ -14,6 +14,7 @@ from eespec.netem import LinkProfile, NetworkEmulator
 from shared.models import load_model
 from shared.sampling import SamplingParams
 from shared.tiny import save_tiny_pair, tiny_llama, tiny_tokenizer
+from tests.conftest import DEVICE
 from tests.helpers import PerturbedDraft, oracle_greedy, twin
 from tests.servers import ServerProcess, free_port, running_server, tiny_loaded
 
@@ -28,7 +29,7 @@ def tok():
 
 @pytest.fixture(scope="module")
 def target():
-    model = tiny_llama(0, vocab_size=99, hidden_size=32, layers=4)
+    model = tiny_llama(0, vocab_size=99, hidden_size=32, layers=4).to(DEVICE)
     model.generation_config.eos_token_id = 2
     return model
 

@@ -16,6 +16,7 @@ from edge_client.client import EdgeClient, EdgeError
 from edge_client.draft import DraftEngine
 from shared.hashing import ids_hash
 from shared.tiny import tiny_llama, tiny_tokenizer
+from tests.conftest import DEVICE
 from tests.helpers import oracle_greedy, twin
 from tests.servers import running_server, tiny_loaded
 
@@ -30,7 +31,7 @@ def tok():
 
 @pytest.fixture(scope="module")
 def target(tok):
-    model = tiny_llama(0, vocab_size=99, hidden_size=32, layers=4)
+    model = tiny_llama(0, vocab_size=99, hidden_size=32, layers=4).to(DEVICE)
     model.generation_config.eos_token_id = 2
     return model
 
