@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import free_port, load_workload, machine_line, pin_to_core, served_target
+from benchmarks.common import ServerProcess, load_workload, machine_line, pin_to_core
 from edge_client import DraftEngine, EdgeClient
 from eespec.defaults import DEFAULT_DRAFT, DEFAULT_EXIT_LAYERS, DEFAULT_TARGET
 from eespec.netem import LinkProfile, NetworkEmulator
@@ -54,8 +54,8 @@ async def sweep(args) -> list[dict]:
         workload = load_workload(name)
         prompts += [workload.encode(tokenizer, p) for p in workload.prompts[: args.prompts]]
     records = []
-    with served_target(free_port(), target=args.target, exits=args.exits) as (url, key):
-        port = int(url.rsplit(":", 1)[1])
+    with ServerProcess(args.target, exits=args.exits, core=0) as server:
+        port, key = server.port, server.api_key
         for rtt in [float(x) for x in args.rtt_ms.split(",")]:
             profile = LinkProfile.symmetric(rtt_ms=rtt, jitter_ms=rtt * 0.1)
             async with NetworkEmulator("127.0.0.1", port, up=profile, down=profile, seed=0) as emu:

@@ -8,16 +8,10 @@ server's OpenAI-compatible streaming route; speculative runs go through /v1/spec
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-import secrets
-import socket
 import statistics
-import subprocess
-import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import httpx
 import torch
@@ -28,47 +22,9 @@ from cloud_server.exits import shipped_exit_heads
 from edge_client.client import EdgeClient
 from edge_client.draft import DraftEngine
 from eespec.defaults import DEFAULT_DRAFT, DEFAULT_EXIT_LAYERS, DEFAULT_TARGET
+from eespec.processes import ServerProcess, pin_to_core
 from shared.models import load_model, pull_model
 from shared.sampling import SamplingParams
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _pin(core: int) -> None:
-    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2:
-        os.sched_setaffinity(0, {core})
-
-
-@contextlib.contextmanager
-def cloud_server(api_key: str, exits: Sequence[int], console: Console) -> Iterator[str]:
-    port = _free_port()
-    command = [sys.executable, "-m", "eespec", "serve", "--port", str(port), "--threads", "1"]
-    command += ["--exits", ",".join(map(str, exits)), "--api-key", api_key, "--log-level", "warning"]
-    process = subprocess.Popen(command, preexec_fn=lambda: _pin(0))
-    url = f"http://127.0.0.1:{port}"
-    try:
-        with console.status("starting the cloud server…"):
-            deadline = time.monotonic() + 300
-            while True:
-                if process.poll() is not None:
-                    raise RuntimeError(f"the server exited with code {process.returncode}")
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(url + "/health", timeout=2).status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the server did not become ready in 300 s")
-                time.sleep(0.2)
-        yield url
-    finally:
-        process.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=10)
-        if process.poll() is None:
-            process.kill()
 
 
 def _cloud_only(url: str, api_key: str, prompt: str, max_tokens: int) -> tuple[str, float]:
@@ -96,15 +52,18 @@ def run_demo(prompts: Sequence[str], *, max_tokens: int, window: int, threads: i
     console = Console()
     pull_model(DEFAULT_TARGET)
     pull_model(DEFAULT_DRAFT)
-    api_key = secrets.token_hex(16)
-    _pin(1)
+    server = ServerProcess(DEFAULT_TARGET, exits=",".join(map(str, DEFAULT_EXIT_LAYERS)), core=0)
+    pin_to_core(1)
     torch.set_num_threads(threads or 1)
     draft_model, tokenizer = load_model(DEFAULT_DRAFT)
     engine = DraftEngine(draft_model)
     modes = {"cloud-ar": None, "sd": False, "sd-preempt": True}
     rows: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
     identical = {mode: True for mode in modes}
-    with cloud_server(api_key, DEFAULT_EXIT_LAYERS, console) as url:
+    with console.status("starting the cloud server…"):
+        server.start()
+    url, api_key = server.url, server.api_key
+    try:
         for prompt in prompts:
             reference, seconds = _cloud_only(url, api_key, prompt, max_tokens)
             n_ref = len(tokenizer(reference, add_special_tokens=False).input_ids)
@@ -131,6 +90,8 @@ def run_demo(prompts: Sequence[str], *, max_tokens: int, window: int, threads: i
                     }
                 )
             console.print(f"[bold]{prompt}[/]{reference}\n")
+    finally:
+        server.stop()
     _print_table(console, rows, identical, len(prompts), max_tokens, window)
 
 

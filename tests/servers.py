@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 import contextlib
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 
-import httpx
 import uvicorn
 
 from cloud_server.app import create_app
 from cloud_server.exits import ExitHeads
 from cloud_server.loading import LoadedTarget
 from cloud_server.settings import ServerSettings
+from eespec.processes import ServerProcess, free_port
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+__all__ = ["ServerProcess", "free_port", "running_server", "tiny_loaded"]
 
 
 def tiny_loaded(model, tokenizer, exits: tuple[int, ...] = (1, 3), name: str = "tiny") -> LoadedTarget:
@@ -49,46 +42,3 @@ def running_server(loaded: LoadedTarget, port: int | None = None, **settings) ->
     finally:
         server.should_exit = True
         thread.join(timeout=10)
-
-
-class ServerProcess:
-    """`eespec serve` as a real process (e.g. to kill and restart it), one torch thread."""
-
-    def __init__(self, target: str, port: int, api_key: str, exits: str = "1,3") -> None:
-        self.target, self.port, self.api_key, self.exits = target, port, api_key, exits
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 60.0) -> ServerProcess:
-        command = [sys.executable, "-m", "eespec", "serve", "--target", self.target, "--port", str(self.port)]
-        command += [
-            "--api-key",
-            self.api_key,
-            "--exits",
-            self.exits,
-            "--threads",
-            "1",
-            "--log-level",
-            "warning",
-        ]
-        self.process = subprocess.Popen(command)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}")
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("server did not become ready")
-            time.sleep(0.1)
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)

@@ -162,7 +162,7 @@ def test_fallback_with_the_server_killed_and_restarted(tmp_path, tok):
     max_tokens = 40
     expected = oracle_greedy(target_model, ids, max_tokens, eos=2)
     port = free_port()
-    server = ServerProcess(target_path, port, KEY).start()
+    server = ServerProcess(target_path, port=port, api_key=KEY, exits="1,3").start()
     emitted: list[tuple[int, int]] = []  # (position in the visible output, token) of unverified tokens
     survived: list[tuple[int, int]] = []
     retracted: list[tuple[int, int]] = []
