@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from edge_client.decoder import GenerationResult
 from edge_client.draft import DraftEngine, DraftWindow
@@ -186,13 +186,20 @@ class EdgeClient:
     async def connect(self) -> Welcome:
         await self.close()
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        self.ws = await connect(
-            self.url,
-            additional_headers=headers,
-            open_timeout=self.open_timeout,
-            max_size=None,
-            compression=None,
-        )
+        try:
+            self.ws = await connect(
+                self.url,
+                additional_headers=headers,
+                open_timeout=self.open_timeout,
+                max_size=None,
+                compression=None,
+            )
+        except InvalidStatus as exc:
+            if exc.response.status_code in (401, 403):  # final: retrying cannot help
+                raise EdgeError(
+                    "unauthorized", f"the server refused the API key (HTTP {exc.response.status_code})"
+                ) from exc
+            raise
         hello = Hello(
             vocab_hash=vocab_hash(self.tokenizer) if self.tokenizer is not None else None, exits=self.exits
         )
