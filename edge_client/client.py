@@ -289,7 +289,8 @@ class EdgeClient:
     async def _round(self, gen: _Generation, windows: AdaptiveWindow, predrafter: Predrafter) -> None:
         choice = windows.choose()
         gen.window_reason = choice.reason
-        k = choice.k
+        # Near max_tokens a shorter window verifies the same: the verdict adds one token of its own.
+        k = max(1, min(choice.k, gen.max_tokens - len(gen.generated) - 1))
         predrafter.k = k
         window, gen.next_window = gen.next_window, None
         if window is None or tuple(window.prefix) != tuple(gen.committed):
