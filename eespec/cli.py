@@ -92,7 +92,7 @@ def generate(
     chat: Annotated[bool, typer.Option(help="Wrap the prompt in the chat template.")] = False,
     window: Annotated[int, typer.Option(min=1, max=16, help="Draft tokens per round.")] = DEFAULT_WINDOW,
     exits: Annotated[
-        str, typer.Option(help="Exit layers, e.g. 10,20 (untrained unless --exits-dir).")
+        str, typer.Option(help="Exit layers, e.g. 15,20; the shipped trained heads where they exist.")
     ] = ",".join(map(str, DEFAULT_EXIT_LAYERS)),
     exits_dir: Annotated[
         str | None, typer.Option(help="Trained exit heads (exits.json + safetensors).")
@@ -192,7 +192,9 @@ def serve(
     target: Annotated[str | None, typer.Option(help="Target model name or path (env EESPEC_TARGET).")] = None,
     exits: Annotated[
         str | None,
-        typer.Option(help="Exit layers, e.g. 10,20; untrained unless --exits-dir (default 10,20)."),
+        typer.Option(
+            help="Exit layers, e.g. 15,20 (default 20); the shipped trained heads where they exist."
+        ),
     ] = None,
     exits_dir: Annotated[str | None, typer.Option(help="Trained exit heads.")] = None,
     host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,

@@ -104,7 +104,7 @@ async def _speculate(url, api_key, engine, tokenizer, prompt_ids, max_tokens, wi
 
 def _print_table(console, rows, identical, n_prompts, max_tokens, window) -> None:
     table = Table(title=f"greedy, {n_prompts} prompts × up to {max_tokens} tokens, window {window}, loopback")
-    for column in ("mode", "latency s", "tok/s", "accepted/round", "early hits", "pre-draft hits", "same"):
+    for column in ("mode", "latency s", "tok/s", "acc/round", "early hits", "pre-draft hits", "same"):
         table.add_column(column, justify="right" if column != "mode" else "left")
     for mode, cells in rows.items():
         tokens_per_s = sum(c["tokens"] for c in cells) / sum(c["s"] for c in cells)
