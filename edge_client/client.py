@@ -173,6 +173,7 @@ class EdgeClient:
         self.open_timeout = open_timeout
         self.ws: ClientConnection | None = None
         self.welcome: Welcome | None = None
+        self.windows: AdaptiveWindow | None = None
         self.bytes_up = 0
         self.bytes_down = 0
 
@@ -234,7 +235,10 @@ class EdgeClient:
         t_start = time.perf_counter()
         up0, down0 = self.bytes_up, self.bytes_down
         max_window = self.welcome.limits.max_window if self.welcome else 16
-        windows = AdaptiveWindow(max_window, fixed=self.window, initial=min(4, max_window))
+        # The window model outlives a request: acceptance, drafting, verify and RTT belong to the link.
+        if self.windows is None or self.windows.max_window != max_window:
+            self.windows = AdaptiveWindow(max_window, fixed=self.window, initial=min(4, max_window))
+        windows = self.windows
         predrafter = Predrafter(self.draft, windows.initial, gen.sampling, stats)
         while not gen.finished:
             try:
