@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from cloud_server.state import ServerState
@@ -54,7 +55,10 @@ async def speculate(websocket: WebSocket) -> None:
         await websocket.close(code=1008)  # before accept: the upgrade is answered with HTTP 403
         return
     if not state.ready:
-        await websocket.close(code=1013)
+        # 503, not the 403 a plain close-before-accept gives: the client must retry, not give up.
+        await websocket.send_denial_response(
+            JSONResponse({"error": {"code": "loading", "message": "the model is loading"}}, status_code=503)
+        )
         return
     await websocket.accept()
     await Connection(websocket, state).serve()

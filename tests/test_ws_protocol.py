@@ -252,3 +252,44 @@ def test_edge_error_is_raised_for_server_errors(server, target, tok):
     with pytest.raises(EdgeError) as info:
         run(too_long())
     assert info.value.code == "too_large"
+
+
+def test_upgrade_while_loading_is_503_then_works(target, tok):
+    """A server still loading answers the upgrade with 503 (retry), never 403 (give up)."""
+    import threading
+
+    import uvicorn
+
+    from cloud_server.app import create_app
+    from cloud_server.settings import ServerSettings
+    from tests.servers import free_port
+
+    release = threading.Event()
+
+    def slow_loader(_settings):
+        release.wait(30)
+        return tiny_loaded(target, tok)
+
+    port = free_port()
+    app = create_app(ServerSettings(port=port, api_key=[KEY]), loader=slow_loader)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.02)
+        url = f"ws://127.0.0.1:{port}/v1/speculate"
+        with pytest.raises(InvalidStatus) as info, connect(url, additional_headers=AUTH):
+            pass
+        assert info.value.response.status_code == 503
+        release.set()
+        deadline = time.monotonic() + 30
+        while httpx.get(f"http://127.0.0.1:{port}/health").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        with connect(url, additional_headers=AUTH) as ws:
+            assert _handshake(ws)["type"] == "welcome"
+    finally:
+        release.set()
+        server.should_exit = True
+        thread.join(timeout=10)
