@@ -39,6 +39,13 @@ class ServerMetrics:
             "eespec_queue_depth", "Jobs waiting for or running on the worker", registry=r
         )
         self.errors = Counter("eespec_errors_total", "Errors sent, by code", ["code"], registry=r)
+        # Beyond DESIGN's list: the cost figure of the benchmark harness (cloud busy seconds per token).
+        self.busy_seconds = Counter(
+            "eespec_busy_seconds_total",
+            "Seconds the inference worker ran jobs (prefill, verification with exits, autoregressive steps, "
+            "model loading)",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

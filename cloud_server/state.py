@@ -26,6 +26,7 @@ class ServerState:
 
     def __post_init__(self) -> None:
         self.sessions = SessionStore(max_sessions=self.settings.max_sessions, ttl_s=self.settings.ttl_s)
+        self.worker.on_busy = self.metrics.busy_seconds.inc
 
     @property
     def ready(self) -> bool:
