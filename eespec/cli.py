@@ -298,5 +298,166 @@ def demo(
         _fail(str(exc))
 
 
+BENCH_MODES = ("cloud-ar", "edge-ar", "sd", "sd-preempt", "colocated-sd", "hf-assisted")
+BENCH_SWEEPS = ("rtt", "window", "sampled", "capacity")
+
+
+def _csv(text: str | None, option: str, valid: tuple[str, ...] | None = None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    items = tuple(x.strip() for x in text.split(",") if x.strip())
+    if not items:
+        raise typer.BadParameter("empty list", param_hint=option)
+    if valid is not None:
+        bad = [x for x in items if x not in valid]
+        if bad:
+            raise typer.BadParameter(
+                f"unknown {', '.join(map(repr, bad))}; valid: {', '.join(valid)}", param_hint=option
+            )
+    return items
+
+
+def _numbers(text: str | None, option: str, kind: type = float, minimum: float = 0) -> tuple | None:
+    items = _csv(text, option)
+    if items is None:
+        return None
+    try:
+        values = tuple(kind(x) for x in items)
+    except ValueError:
+        raise typer.BadParameter(f"want comma-separated numbers, got {text!r}", param_hint=option) from None
+    if any(v < minimum for v in values):
+        raise typer.BadParameter(f"values must be ≥ {minimum}", param_hint=option)
+    return values
+
+
+@app.command(
+    epilog="Slicing (the full grid would take days on 2 cores): rtt = every mode at every RTT, window "
+    "--window, greedy, every workload (edge-ar, colocated-sd, hf-assisted have no network and run once); "
+    "window = sd and sd-preempt at every --windows value, greedy, at --window-rtt-ms; sampled = every mode "
+    "at RTT 0 and 50 ms only; capacity = sd at --capacity-rtt-ms on one workload with 1..16 replay clients "
+    "(plus one live client as a check). --quick: 1 prompt per workload × 24 tokens, RTT 0 and 50, no window "
+    "sweep, sampled on one workload, capacity 1 and 2 (a few minutes). Default run: about 40 minutes on "
+    "2 cores (an estimate is printed first). benchmarks/README.md has the details."
+)
+def bench(
+    quick: Annotated[bool, typer.Option(help="Smoke run: every mode once, a few minutes.")] = False,
+    out: Annotated[str, typer.Option(help="Output folder; a rerun skips its finished cells.")] = "bench-out",
+    json_file: Annotated[
+        str | None, typer.Option("--json", help="Also write this run's records to FILE (a JSON list).")
+    ] = None,
+    target: Annotated[str, typer.Option(help="Target model name or path.")] = DEFAULT_TARGET,
+    draft: Annotated[str, typer.Option(help="Draft model name or path.")] = DEFAULT_DRAFT,
+    exits: Annotated[str, typer.Option(help="Server exit layers, e.g. 20.")] = ",".join(
+        map(str, DEFAULT_EXIT_LAYERS)
+    ),
+    modes: Annotated[str | None, typer.Option(help=f"Comma list of {', '.join(BENCH_MODES)}.")] = None,
+    workloads: Annotated[str | None, typer.Option(help="Comma list (default code,prose,robot).")] = None,
+    rtt_ms: Annotated[str | None, typer.Option(help="RTTs in ms (default 0,20,50,100,200).")] = None,
+    jitter: Annotated[float, typer.Option(min=0.0, help="Jitter as a fraction of the one-way delay.")] = 0.1,
+    window: Annotated[int, typer.Option(min=1, max=16, help="Window of the RTT sweep.")] = DEFAULT_WINDOW,
+    windows: Annotated[
+        str | None, typer.Option(help="Window sweep: sizes and/or 'adaptive' (default 1,2,4,8,adaptive).")
+    ] = None,
+    window_rtt_ms: Annotated[float, typer.Option(min=0.0, help="RTT of the window sweep.")] = 50.0,
+    concurrency: Annotated[str | None, typer.Option(help="Capacity clients (default 1,2,4,8,16).")] = None,
+    capacity_rtt_ms: Annotated[float, typer.Option(min=0.0, help="RTT of the capacity sweep.")] = 0.0,
+    capacity_workload: Annotated[
+        str | None, typer.Option(help="Workload of the capacity sweep (default: the first).")
+    ] = None,
+    sampling: Annotated[str | None, typer.Option(help="greedy,sampled (default both).")] = None,
+    sweeps: Annotated[str | None, typer.Option(help=f"Comma list of {', '.join(BENCH_SWEEPS)}.")] = None,
+    prompts: Annotated[int | None, typer.Option(min=1, help="Prompts per workload (default 2).")] = None,
+    repeats: Annotated[int | None, typer.Option(min=1, help="Repeats of each prompt (default 2).")] = None,
+    max_tokens: Annotated[int | None, typer.Option(min=2, help="Tokens per generation (default 32).")] = None,
+    threads: Annotated[int, typer.Option(min=1, help="torch threads of the server and of the edge.")] = 1,
+    temperature: Annotated[float, typer.Option(min=0.01, help="Sampled cells: temperature.")] = 0.8,
+    top_p: Annotated[float, typer.Option(min=0.01, max=1.0, help="Sampled cells: top-p.")] = 0.95,
+    top_k: Annotated[int, typer.Option(min=0, help="Sampled cells: top-k (0 = off).")] = 0,
+    note: Annotated[
+        str | None, typer.Option(help="A note stored in every record (e.g. 'CPU shared').")
+    ] = None,
+    plots: Annotated[bool, typer.Option(help="Write PNG plots (matplotlib).")] = True,
+    check: Annotated[
+        bool, typer.Option(help="Exit 1 unless every mode ran and every greedy output equals generate().")
+    ] = True,
+    pin: Annotated[bool, typer.Option(help="Pin server to core 0 and edge to core 1.")] = True,
+    dry_run: Annotated[bool, typer.Option(help="Print the plan and the estimate, measure nothing.")] = False,
+) -> None:
+    """Benchmark harness: latency, cloud cost and capacity of every mode under emulated networks.
+
+    Modes on the same prompts: cloud-ar (the server streams every token), edge-ar (the draft alone), sd,
+    sd-preempt (early verdicts + pre-drafting), colocated-sd (both models in one process on the server's
+    core) and hf-assisted (transformers' assisted generation, same pair, same total threads). Cloud and
+    edge are separate processes on separate cores with the network emulator between them. Every greedy
+    output is compared with the target's own generate(). Writes results.jsonl/.json/.csv/.md and PNG
+    plots to --out."""
+    import shlex
+    from pathlib import Path
+
+    from eespec.bench.cells import BenchConfig, parse_window
+    from eespec.bench.workloads import available_workloads
+
+    workload_list = _csv(workloads, "--workloads", tuple(available_workloads())) or ("code", "prose", "robot")
+    mode_list = _csv(modes, "--modes", BENCH_MODES) or BENCH_MODES
+    try:
+        window_list = tuple(
+            parse_window(w) for w in _csv(windows, "--windows") or ("1", "2", "4", "8", "adaptive")
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--windows") from None
+    if capacity_workload is not None and capacity_workload not in workload_list:
+        raise typer.BadParameter(
+            f"not among --workloads {','.join(workload_list)}", param_hint="--capacity-workload"
+        )
+    cfg = BenchConfig(
+        target=target,
+        draft=draft,
+        exits=_parse_layers(exits),
+        modes=mode_list,
+        workloads=workload_list,
+        rtts_ms=_numbers(rtt_ms, "--rtt-ms") or ((0.0, 50.0) if quick else (0.0, 20.0, 50.0, 100.0, 200.0)),
+        windows=window_list,
+        default_window=window,
+        concurrency=_numbers(concurrency, "--concurrency", int, 1) or ((1, 2) if quick else (1, 2, 4, 8, 16)),
+        samplings=_csv(sampling, "--sampling", ("greedy", "sampled")) or ("greedy", "sampled"),
+        sweeps=_csv(sweeps, "--sweeps", BENCH_SWEEPS)
+        or (("rtt", "sampled", "capacity") if quick else BENCH_SWEEPS),
+        prompts=prompts or (1 if quick else 2),
+        repeats=repeats or (1 if quick else 2),
+        max_tokens=max_tokens or (24 if quick else 32),
+        threads=threads,
+        jitter=jitter,
+        window_rtt_ms=window_rtt_ms,
+        sampled_workloads=workload_list[:1] if quick else None,
+        capacity_rtt_ms=capacity_rtt_ms,
+        capacity_workload=capacity_workload,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        quick=quick,
+        pin=pin,
+        note=note,
+    )
+    _quiet_transformers()
+    from eespec.bench.harness import run_bench
+    from shared.models import ModelError
+
+    command = shlex.join(["eespec", *sys.argv[1:]]) if sys.argv[1:2] == ["bench"] else "eespec bench (API)"
+    try:
+        outcome = run_bench(
+            cfg,
+            Path(out),
+            command=command,
+            json_path=Path(json_file) if json_file else None,
+            plots=plots,
+            dry_run=dry_run,
+        )
+    except ModelError as exc:
+        _fail(str(exc))
+        raise
+    if check and outcome.problems:
+        raise typer.Exit(1)
+
+
 def main() -> None:  # pragma: no cover - console script entry
     sys.exit(app())
