@@ -273,6 +273,19 @@ def train_exits(ctx: typer.Context) -> None:
     raise typer.Exit(main_train_exits(ctx.args))
 
 
+@app.command(
+    "train-draft",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def train_draft(ctx: typer.Context) -> None:
+    """Distil a small draft from a target on text it generates (`eespec train-draft --help`)."""
+    _quiet_transformers()
+    from training import main_train_draft
+
+    raise typer.Exit(main_train_draft(ctx.args))
+
+
 DEMO_PROMPTS = [
     "def fibonacci(n):",
     "The robot should walk forward two meters, then",
