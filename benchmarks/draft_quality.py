@@ -31,6 +31,7 @@ from edge_client.draft import DraftEngine
 from eespec.defaults import DEFAULT_DRAFT, DEFAULT_TARGET
 from shared.models import load_model
 from shared.sampling import SamplingParams
+from training.card_check import greedy_generate
 
 
 def per_token_ms(model: Any, steps: int = 40) -> float:
@@ -49,21 +50,6 @@ def per_token_ms(model: Any, steps: int = 40) -> float:
             times.append(time.perf_counter() - t0)
             token = out.logits[:, -1:].argmax(-1)
     return statistics.median(times) * 1000
-
-
-def _generate(model: Any, ids: list[int], max_tokens: int, eos: list[int], **kwargs: Any) -> list[int]:
-    input_ids = torch.tensor([ids])
-    with torch.no_grad():
-        out = model.generate(
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            max_new_tokens=max_tokens,
-            do_sample=False,
-            eos_token_id=eos,
-            pad_token_id=eos[0],
-            **kwargs,
-        )
-    return out[0, len(ids) :].tolist()
 
 
 def _trim(tokens: list[int], eos: set[int]) -> list[int]:
@@ -108,7 +94,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         for prompt in workload.prompts[: args.prompts]:
             ids = workload.encode(tokenizer, prompt)
             t0 = time.perf_counter()
-            reference = _trim(_generate(target, ids, args.max_tokens, eos), eos_set)
+            reference = _trim(greedy_generate(target, ids, args.max_tokens, eos), eos_set)
             seconds["target"][name] += time.perf_counter() - t0
             tokens["target"][name] += len(reference)
             for w in windows:
@@ -128,7 +114,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     setattr(config, k, v)
                 try:
                     t0 = time.perf_counter()
-                    out = _trim(_generate(target, ids, args.max_tokens, eos, assistant_model=draft), eos_set)
+                    out = greedy_generate(target, ids, args.max_tokens, eos, assistant_model=draft)
+                    out = _trim(out, eos_set)
                     seconds[method][name] += time.perf_counter() - t0
                 finally:
                     for k, v in saved.items():

@@ -29,7 +29,7 @@ from cloud_server.target_session import TargetSession
 from edge_client.draft import DraftEngine
 from eespec.defaults import DEFAULT_DRAFT, DEFAULT_TARGET
 from shared.models import load_model
-from shared.sampling import SamplingParams
+from training.card_check import speculative_rounds
 
 
 def measure(args) -> dict:
@@ -42,7 +42,6 @@ def measure(args) -> dict:
         heads = ExitHeads.untrained(layers, target_model.config.hidden_size)
     session = TargetSession(EarlyExitTarget(target_model, heads), eos_ids=eos_ids_of(target_model, tokenizer))
     engine = DraftEngine(draft_model)
-    greedy = SamplingParams()
     hits: dict[int, list[int]] = defaultdict(list)
     t_ms: dict[int, list[float]] = defaultdict(list)
     verify_ms: list[float] = []
@@ -53,24 +52,14 @@ def measure(args) -> dict:
         per_workload[name] = defaultdict(list)
         for prompt in workload.prompts[: args.prompts]:
             ids = workload.encode(tokenizer, prompt)
-            started = session.start(ids, greedy, args.max_tokens)
-            committed = [*ids, started.first_token]
-            round_no = 0
-            while not session.finished:
-                round_no += 1
-                window = engine.draft(committed, args.window, greedy)
-                draft_ms.append(window.draft_s * 1000)
-                earlies = []
-                verdict = session.verify(window.to_message(round_no), earlies.append)
-                verify_ms.append(verdict.verify_ms)
-                for early in earlies:
-                    hit = int((early.accepted, early.token) == (verdict.accepted, verdict.token))
-                    hits[early.layer].append(hit)
-                    per_workload[name][early.layer].append(hit)
-                    t_ms[early.layer].append(early.t_ms)
-                committed += list(window.tokens[: verdict.accepted])
-                if verdict.token is not None:
-                    committed.append(verdict.token)
+            _, rounds = speculative_rounds(session, engine, ids, args.max_tokens, args.window)
+            for r in rounds:
+                draft_ms.append(r["draft_ms"])
+                verify_ms.append(r["verify_ms"])
+                for layer, early in r["early"].items():
+                    hits[layer].append(int(early["hit"]))
+                    per_workload[name][layer].append(int(early["hit"]))
+                    t_ms[layer].append(early["t_ms"])
     return {
         "command": "python -m benchmarks.exit_hit_rate "
         + " ".join(

@@ -118,6 +118,22 @@ def speculative_rounds(
     return generated, rounds
 
 
+def greedy_generate(model: Any, ids: list[int], max_tokens: int, eos: list[int], **kwargs: Any) -> list[int]:
+    """transformers' own greedy `generate()` (the oracle), new tokens only; `kwargs` go to `generate`."""
+    input_ids = torch.tensor([ids])
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=max_tokens,
+            do_sample=False,
+            eos_token_id=eos,
+            pad_token_id=eos[0],
+            **kwargs,
+        )
+    return out[0, len(ids) :].tolist()
+
+
 def round_figures(
     target: Any,
     tokenizer: Any,
@@ -143,15 +159,7 @@ def round_figures(
         for prompt in workload.prompts[:prompts]:
             ids = workload.encode(tokenizer, prompt)
             generated, rounds = speculative_rounds(session, engine, ids, max_tokens, window)
-            with torch.no_grad():
-                reference = target.generate(
-                    input_ids=torch.tensor([ids]),
-                    attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                    max_new_tokens=max_tokens,
-                    do_sample=False,
-                    eos_token_id=eos,
-                    pad_token_id=eos[0],
-                )[0, len(ids) :].tolist()
+            reference = greedy_generate(target, ids, max_tokens, eos)
             out["matches_target"] &= generated == reference
             for r in rounds:
                 drafted += r["drafted"]
