@@ -97,3 +97,12 @@ def test_models_list_json():
     rows = json.loads(out.stdout)
     assert {"smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"} <= {r["name"] for r in rows}
     assert all("path" in r for r in rows)
+
+
+def test_train_draft_help_lists_its_options():
+    out = eespec("train-draft", "--help")
+    assert out.returncode == 0, out.stderr
+    for option in ("--target", "--out", "--steps", "--hidden", "--resume", "--time-budget"):
+        assert option in out.stdout
+    missing = eespec("train-draft")
+    assert missing.returncode == 2 and "--out" in missing.stderr
