@@ -15,7 +15,7 @@ class ServerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EESPEC_", extra="ignore")
 
     target: str = "smollm2-135m-instruct"
-    exit_layers: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [20])
+    exit_layers: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [24])
     exits_dir: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000

@@ -193,7 +193,7 @@ def serve(
     exits: Annotated[
         str | None,
         typer.Option(
-            help="Exit layers, e.g. 15,20 (default 20); the shipped trained heads where they exist."
+            help="Exit layers, e.g. 15,24 (default 24); the shipped trained heads where they exist."
         ),
     ] = None,
     exits_dir: Annotated[str | None, typer.Option(help="Trained exit heads.")] = None,

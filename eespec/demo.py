@@ -134,7 +134,7 @@ def _print_table(console, rows, identical, n_prompts, max_tokens, window) -> Non
     console.print(
         "[dim]cloud-ar: the server alone, streamed; sd: speculative; sd-preempt: with early-exit "
         f"verdicts and pre-drafting. Exits after layers {', '.join(map(str, DEFAULT_EXIT_LAYERS))} "
-        f"({exits}). The draft is provisional (the target's first 4 layers, untrained): "
-        "acceptance is near zero, so speculation is slower than the cloud alone until the "
-        "distilled draft ships.[/]"
+        f"({exits}). Draft: {DEFAULT_DRAFT}. On one CPU core per side verification of a window costs "
+        "more than a token of the target alone, so speculation wins only where the draft's tokens are "
+        "accepted often enough (benchmarks/RESULTS.md).[/]"
     )

@@ -168,6 +168,7 @@ def render(folder: Path, training: dict[str, Any], quality: dict[str, Any], chec
         check_section(check),
         "## What falls short",
         "",
+        _speed_note(speed, acc, training["agreement_top1_heldout"]),
         "* Trained for under an hour on two shared CPU cores: a small fraction of an epoch of a small "
         "corpus. Agreement was still rising at the end (table above); a longer run, more generated text, or "
         "a GPU would give a better draft.",
@@ -177,6 +178,25 @@ def render(folder: Path, training: dict[str, Any], quality: dict[str, Any], chec
         "",
     ]
     return "\n".join(lines)
+
+
+def _speed_note(speed: dict[str, Any], acc: dict[str, Any], heldout: dict[str, float]) -> str:
+    ratio = speed["ours_w4"]["speedup_vs_target"]
+    window4 = ", ".join(f"{w} {_pct(rows['4']['acceptance_rate'])}" for w, rows in acc.items())
+    agreement = ", ".join(f"{k} {_pct(v)}" for k, v in heldout.items())
+    verdict = (
+        f"Speculation with this draft is slower than the target alone on one CPU thread ({ratio:.2f}× at "
+        "window 4): verifying a window costs more than one target token here, and too few drafts are "
+        "accepted to pay for it."
+        if ratio < 1
+        else f"Speculation with this draft runs at {ratio:.2f}× the target alone at window 4."
+    )
+    return (
+        f"* {verdict} Acceptance on the workloads (window 4: {window4}) is far below the held-out "
+        f"agreement on the generated text ({agreement}): the workloads' prompts differ from the templated "
+        "training prompts (the robot workload's system prompt defines actions the training prompts never "
+        "used), and the draft copies such in-context definitions poorly."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
