@@ -11,8 +11,8 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from cloud_server.engine import LoadedTarget, load_target
 from cloud_server.http_api import router as openai_router
-from cloud_server.loading import LoadedTarget, load_target
 from cloud_server.settings import ServerSettings
 from cloud_server.state import ServerState
 from cloud_server.ws import router as ws_router
@@ -24,11 +24,12 @@ def create_app(
     settings: ServerSettings | None = None,
     *,
     loaded: LoadedTarget | None = None,
-    loader: Callable[[ServerSettings], LoadedTarget] = load_target,
+    loader: Callable[[ServerSettings], LoadedTarget] | None = None,
 ) -> FastAPI:
     """An app serving `loaded`, or loading the target named in `settings` in the background."""
     settings = settings or ServerSettings()
     state = ServerState(settings=settings, loaded=loaded)
+    loader = loader or load_from_settings
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -90,8 +91,19 @@ class ApiKeyMiddleware:
         await self.app(scope, receive, send)
 
 
+def load_from_settings(settings: ServerSettings) -> LoadedTarget:
+    """The engine's loader, called with what the server's settings say."""
+    return load_target(
+        settings.target,
+        device=settings.device,
+        exit_layers=settings.exit_layers,
+        exits_dir=settings.exits_dir,
+        threads=settings.threads,
+    )
+
+
 def exit_layers(state: ServerState) -> list[int]:
-    return list(state.loaded.target.exit_layers) if state.loaded else []
+    return list(state.loaded.early_exit.exit_layers) if state.loaded else []
 
 
 async def _load(state: ServerState, loader: Callable[[ServerSettings], LoadedTarget]) -> None:

@@ -21,8 +21,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cloud_server.autoregressive import AutoregressiveGeneration
-from cloud_server.loading import LoadedTarget
+from cloud_server.engine import AutoregressiveGeneration, LoadedTarget
 from cloud_server.state import ServerState
 from shared.errors import ProtocolError
 from shared.sampling import SamplingParams

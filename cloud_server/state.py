@@ -6,11 +6,9 @@ import hmac
 from dataclasses import dataclass, field
 from typing import Any
 
-from cloud_server.loading import LoadedTarget
-from cloud_server.metrics import ServerMetrics
-from cloud_server.sessions import SessionStore
+from cloud_server.engine import InferenceWorker, LoadedTarget, SessionStore
+from cloud_server.prometheus_metrics import ServerMetrics
 from cloud_server.settings import ServerSettings
-from cloud_server.worker import InferenceWorker
 
 
 @dataclass

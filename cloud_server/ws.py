@@ -17,8 +17,8 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
+from cloud_server.engine import EngineLimits, TargetSession
 from cloud_server.state import ServerState
-from cloud_server.target_session import EngineLimits, TargetSession
 from shared.errors import ProtocolError
 from shared.hashing import ids_hash
 from shared.protocol import (
@@ -166,7 +166,7 @@ class Connection:
             raise ProtocolError(
                 "vocab_mismatch", f"server vocab_hash is {loaded.vocab_hash}, edge sent {hello.vocab_hash}"
             )
-        available = list(loaded.target.exit_layers)
+        available = list(loaded.early_exit.exit_layers)
         if hello.exits is not None:
             unknown = sorted(set(hello.exits) - set(available))
             if unknown:
@@ -178,7 +178,7 @@ class Connection:
             )
         settings = self.state.settings
         self.session = TargetSession(
-            loaded.target,
+            loaded.early_exit,
             eos_ids=loaded.eos_ids,
             tokenizer=loaded.tokenizer,
             limits=EngineLimits(settings.max_prompt_tokens, settings.max_tokens, settings.max_window),

@@ -4,7 +4,7 @@ from edge_client.client import EdgeClient, EdgeError, generate_sync
 from edge_client.decoder import GenerationResult, SpeculativeDecoder, Verifier
 from edge_client.draft import DraftEngine, DraftWindow
 from edge_client.events import StreamEvent, VisibleOutput
-from edge_client.metrics import GenerationMetrics
+from edge_client.generation_metrics import GenerationMetrics
 from edge_client.window import AdaptiveWindow, WindowChoice
 
 __all__ = [

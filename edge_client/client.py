@@ -33,7 +33,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from edge_client.decoder import GenerationResult
 from edge_client.draft import DraftEngine, DraftWindow
 from edge_client.events import EventCallback, StreamEvent
-from edge_client.metrics import GenerationMetrics
+from edge_client.generation_metrics import GenerationMetrics
 from edge_client.predraft import Hypothesis, Predrafter, PredraftStats
 from edge_client.window import AdaptiveWindow
 from shared.hashing import ids_hash, vocab_hash

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from edge_client.draft import DraftEngine, DraftWindow
-from edge_client.metrics import GenerationMetrics
+from edge_client.generation_metrics import GenerationMetrics
 from shared.protocol import Draft, Early, Started, Verdict
 from shared.sampling import SamplingParams
 

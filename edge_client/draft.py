@@ -47,7 +47,7 @@ class DraftEngine:
     def __init__(self, model: PreTrainedModel, q_top_k: int = DEFAULT_Q_TOP_K) -> None:
         self.model = model
         self.q_top_k = q_top_k
-        self.sequence = CachedLM(model)
+        self.kv_cache = CachedLM(model)
 
     def draft(
         self, prefix: Sequence[int], k: int, sampling: SamplingParams, cancel: threading.Event | None = None
@@ -56,8 +56,8 @@ class DraftEngine:
         if k < 1:
             raise ValueError("a window has at least one token")
         t0 = time.perf_counter()
-        pending = self.sequence.sync(prefix)
-        logits = self.sequence.forward(pending, keep=1)[-1]
+        pending = self.kv_cache.sync(prefix)
+        logits = self.kv_cache.forward(pending, keep=1)[-1]
         tokens: list[int] = []
         proposals: list[SparseProposal] = []
         for i in range(k):
@@ -71,7 +71,7 @@ class DraftEngine:
                 proposals.append(proposal)
             tokens.append(token)
             if i < k - 1:
-                logits = self.sequence.forward([token], keep=1)[-1]
+                logits = self.kv_cache.forward([token], keep=1)[-1]
         return DraftWindow(
             prefix=tuple(int(t) for t in prefix),
             tokens=tuple(tokens),

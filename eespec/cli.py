@@ -408,7 +408,7 @@ def bench(
     from pathlib import Path
 
     from eespec.bench.cells import BenchConfig, parse_window
-    from eespec.bench.workloads import available_workloads
+    from shared.workloads import available_workloads
 
     workload_list = _csv(workloads, "--workloads", tuple(available_workloads())) or ("code", "prose", "robot")
     mode_list = _csv(modes, "--modes", BENCH_MODES) or BENCH_MODES

@@ -18,7 +18,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from cloud_server.exits import shipped_exit_heads
+from cloud_server.engine import shipped_exit_heads
 from edge_client.client import EdgeClient
 from edge_client.draft import DraftEngine
 from eespec.defaults import DEFAULT_DRAFT, DEFAULT_EXIT_LAYERS, DEFAULT_TARGET

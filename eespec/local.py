@@ -11,10 +11,7 @@ from typing import Any
 
 import torch
 
-from cloud_server.early_exit import EarlyExitTarget
-from cloud_server.exits import resolve_exit_heads
-from cloud_server.loading import eos_ids_of
-from cloud_server.target_session import EngineLimits, TargetSession
+from cloud_server.engine import EarlyExitTarget, EngineLimits, TargetSession, eos_ids_of, resolve_exit_heads
 from edge_client.decoder import GenerationResult, SpeculativeDecoder
 from edge_client.draft import DraftEngine
 from shared.hashing import vocab_hash

@@ -115,7 +115,7 @@ def verify_window(
     return speculative_verify(target_probs(logits.detach().cpu(), params), draft, proposals, uniforms)
 
 
-def first_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
+def pick_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
     """The target's token from one row of logits [V]: argmax, or a draw with the session's generator."""
     if params.greedy:
         return int(logits.argmax().item())

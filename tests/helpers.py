@@ -7,9 +7,9 @@ from collections.abc import Sequence
 
 import torch
 
-from cloud_server.early_exit import EarlyExitTarget
-from cloud_server.exits import ExitHeads
-from cloud_server.target_session import EngineLimits, TargetSession
+from cloud_server.engine.early_exit import EarlyExitTarget
+from cloud_server.engine.exits import ExitHeads
+from cloud_server.engine.target_session import EngineLimits, TargetSession
 from edge_client.decoder import SpeculativeDecoder
 from edge_client.draft import DraftEngine, DraftWindow
 from shared.sampling import SamplingParams

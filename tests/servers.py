@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import uvicorn
 
 from cloud_server.app import create_app
-from cloud_server.exits import ExitHeads
-from cloud_server.loading import LoadedTarget
+from cloud_server.engine.exits import ExitHeads
+from cloud_server.engine.loading import LoadedTarget
 from cloud_server.settings import ServerSettings
 from eespec.processes import ServerProcess, free_port
 

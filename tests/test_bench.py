@@ -94,12 +94,10 @@ def test_unknown_mode_is_a_clear_error():
 # -- records, schema, outputs -----------------------------------------------------------------------------
 
 
-def test_the_published_schema_is_the_harness_schema():
+def test_the_record_schema_is_valid_and_names_every_figure():
     import jsonschema
 
-    published = REPO / "benchmarks" / "bench_schema.json"
-    assert published.read_text() == SCHEMA_PATH.read_text()
-    schema = json.loads(published.read_text())
+    schema = json.loads(SCHEMA_PATH.read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
     assert set(FIGURES) <= set(schema["required"])
 

@@ -7,9 +7,9 @@ import time
 import pytest
 import torch
 
-from cloud_server.early_exit import EarlyExitTarget
-from cloud_server.exits import ExitHeads, exit_logits
-from cloud_server.target_session import TargetSession
+from cloud_server.engine.early_exit import EarlyExitTarget
+from cloud_server.engine.exits import ExitHeads, exit_logits
+from cloud_server.engine.target_session import TargetSession
 from shared.protocol import Draft
 from shared.sampling import SamplingParams
 from tests.helpers import build_decoder, oracle_greedy, twin
@@ -36,7 +36,7 @@ def test_exit_callback_fires_before_later_layers_run(target_model):
 
     model.model.layers[-1].register_forward_pre_hook(slow_last_layer)
     target = EarlyExitTarget(model, ExitHeads.untrained((1, 2), 32).double())
-    seq = target.new_sequence()
+    seq = target.new_kv_cache()
     seq.forward([0, 5, 7])
     t0 = time.perf_counter()
     target.forward(
@@ -55,7 +55,7 @@ def test_exit_callback_fires_before_later_layers_run(target_model):
 def test_exit_logits_shape_and_zero_adapter_reads_the_base_model(target_model):
     target = EarlyExitTarget(twin(target_model), ExitHeads.untrained((2,), 32).double())
     captured: dict[int, torch.Tensor] = {}
-    seq = target.new_sequence()
+    seq = target.new_kv_cache()
     seq.forward([0, 1, 2])
     target.forward(seq, [3, 4], keep=2, on_exit=lambda layer, logits, _t: captured.setdefault(layer, logits))
     assert captured[2].shape == (2, 64)
@@ -156,7 +156,7 @@ def test_bad_exit_layers_are_rejected(target_model):
 
 
 def test_subset_and_resolution_of_heads(tmp_path):
-    from cloud_server.exits import resolve_exit_heads
+    from cloud_server.engine.exits import resolve_exit_heads
 
     heads = scrambled_heads((4, 8, 12), 32)
     heads.save(tmp_path)

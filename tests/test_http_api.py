@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from openai import APIStatusError, OpenAI
 
 from cloud_server.app import create_app
-from cloud_server.autoregressive import AutoregressiveGeneration
+from cloud_server.engine.autoregressive import AutoregressiveGeneration
 from cloud_server.http_api import TextStream
 from cloud_server.settings import ServerSettings
 from shared.sampling import SamplingParams

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud_server.exits import shipped_exit_heads
+from cloud_server.engine.exits import shipped_exit_heads
 from eespec.defaults import DEFAULT_DRAFT, DEFAULT_TARGET
 from shared.models import resolve_model
 from training.card_check import CHECK_FILE, check_section, compare, compute

@@ -10,8 +10,8 @@ import sys
 import pytest
 import torch
 
-from cloud_server.exits import ExitHeads
-from cloud_server.loading import eos_ids_of
+from cloud_server.engine.exits import ExitHeads
+from cloud_server.engine.loading import eos_ids_of
 from eespec.defaults import DEFAULT_DRAFT, DEFAULT_TARGET
 from shared.models import load_model
 from tests.helpers import build_decoder
@@ -128,6 +128,6 @@ def test_default_pair_over_websockets_equals_generate(pair, preempt):
 
     with running_server(loaded, api_key=["k"]) as url:
         outputs = asyncio.run(run(url))
-    loaded.target.close()
+    loaded.early_exit.close()
     for prompt, output in zip(PROMPTS, outputs, strict=True):
         assert output == oracle(target, tokenizer, tokenizer(prompt).input_ids)

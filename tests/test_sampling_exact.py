@@ -24,9 +24,9 @@ import torch
 from scipy import stats
 
 import shared.verification as verification
-from cloud_server.early_exit import EarlyExitTarget
-from cloud_server.exits import ExitHeads
-from cloud_server.target_session import TargetSession
+from cloud_server.engine.early_exit import EarlyExitTarget
+from cloud_server.engine.exits import ExitHeads
+from cloud_server.engine.target_session import TargetSession
 from edge_client.decoder import SpeculativeDecoder
 from edge_client.draft import DraftEngine
 from shared.sampling import SamplingParams, target_probs

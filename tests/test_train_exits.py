@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cloud_server.early_exit import EarlyExitTarget
-from cloud_server.exits import ExitHeads, exit_logits
+from cloud_server.engine.early_exit import EarlyExitTarget
+from cloud_server.engine.exits import ExitHeads, exit_logits
 from shared.tiny import TINY_VOCAB, tiny_llama, tiny_tokenizer
 from training.cli import build_parser
 from training.corpus import Corpus, TextFile, build_corpus, prompt_pattern, workload_prompts
@@ -121,7 +121,7 @@ def test_saved_heads_load_into_the_early_exit_target(tiny_setup, tmp_path: Path)
     target = EarlyExitTarget(model, heads)
     seen: dict[int, torch.Tensor] = {}
     target.forward(
-        target.new_sequence(), [5, 9, 11, 20], keep=2, on_exit=lambda L, lg, _ms: seen.update({L: lg})
+        target.new_kv_cache(), [5, 9, 11, 20], keep=2, on_exit=lambda L, lg, _ms: seen.update({L: lg})
     )
     assert sorted(seen) == list(LAYERS)
     hidden = model(torch.tensor([[5, 9, 11, 20]]), output_hidden_states=True).hidden_states

@@ -19,10 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cloud_server.early_exit import EarlyExitTarget
-from cloud_server.exits import ExitHeads
-from cloud_server.loading import eos_ids_of
-from cloud_server.target_session import TargetSession
+from cloud_server.engine import EarlyExitTarget, ExitHeads, TargetSession, eos_ids_of
 from edge_client.draft import DraftEngine
 from shared.sampling import SamplingParams
 from training.corpus import (
@@ -145,7 +142,7 @@ def round_figures(
     window: int = CHECK_WINDOW,
 ) -> dict[str, Any]:
     """Acceptance and early-verdict hit rate per workload, and whether every output equals `generate()`."""
-    from benchmarks.common import load_workload
+    from shared.workloads import load_workload
 
     eos = sorted(eos_ids_of(target, tokenizer))
     session = TargetSession(EarlyExitTarget(target, heads), eos_ids=eos)

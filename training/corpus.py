@@ -23,8 +23,8 @@ import numpy as np
 
 from shared.hashing import vocab_hash
 from shared.models import eespec_home
+from shared.workloads import exclusion_strings
 
-WORKLOADS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "workloads"
 # Public-domain / documentation English that Debian packages install; used only when already on disk.
 ENGLISH_GLOBS = (
     "/usr/share/bible-kjv*/**/*",
@@ -88,15 +88,10 @@ def default_files() -> list[TextFile]:
     return stdlib_files() + english_files()
 
 
-def workload_prompts(directory: Path = WORKLOADS_DIR) -> list[str]:
-    """The `prompts` (and `system`) strings of every benchmark workload: text the exits must not train on."""
-    prompts: list[str] = []
-    for path in sorted(directory.glob("*.json")):
-        data = json.loads(path.read_text())
-        prompts.extend(str(p) for p in data.get("prompts", []))
-        if data.get("system"):
-            prompts.append(str(data["system"]))
-    return prompts
+def workload_prompts() -> list[str]:
+    """The `prompts` (and `system`) strings of every benchmark workload: text no training set may contain
+    (an install without the workloads is an error, never a silent empty list)."""
+    return exclusion_strings()
 
 
 def prompt_pattern(prompts: Iterable[str]) -> re.Pattern[str] | None:

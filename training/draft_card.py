@@ -50,7 +50,8 @@ def render(folder: Path, training: dict[str, Any], quality: dict[str, Any], chec
         "```",
         training["command"],
         "python -m training.card_check --write",
-        "python -m benchmarks.draft_quality --json edge_client/drafts/smollm2-135m-draft/draft_quality.json",
+        "python -m eespec.bench.scripts.draft_quality "
+        "--json edge_client/drafts/smollm2-135m-draft/draft_quality.json",
         "python -m training.draft_card edge_client/drafts/smollm2-135m-draft",
         "```",
         "",
@@ -108,8 +109,8 @@ def render(folder: Path, training: dict[str, Any], quality: dict[str, Any], chec
         "",
         f"{quality['date']}, {quality['machine']}; {quality['prompts_per_workload']} prompts per workload "
         f"× up to {quality['max_tokens']} tokens, greedy, in one process "
-        "(`benchmarks/draft_quality.py`, command above). *Accepted drafts / round* counts draft tokens "
-        "accepted per verification; *tokens / round* adds the target's own token that every round "
+        "(`eespec/bench/scripts/draft_quality.py`, command above). *Accepted drafts / round* counts draft "
+        "tokens accepted per verification; *tokens / round* adds the target's own token that every round "
         "also yields.",
         "",
         "| workload | window | acceptance rate | accepted drafts / round | tokens / round |",

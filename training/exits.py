@@ -35,8 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cloud_server.early_exit import decoder_layers
-from cloud_server.exits import AdapterKind, ExitConfig, ExitHeads
+from cloud_server.engine import AdapterKind, ExitConfig, ExitHeads, decoder_layers
 from training.corpus import Corpus, build_corpus
 
 LossKind = Literal["kl", "topk_kl"]

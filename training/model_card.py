@@ -91,7 +91,7 @@ def render(metrics: dict[str, Any], comparison: list[dict[str, Any]] | None, mac
         f"{c['files']['train']:,} train files → {c['blocks']['train']:,} blocks ({c['tokens']['train']:,} "
         f"tokens); {c['files']['heldout']:,} held-out files → {c['blocks']['heldout']:,} blocks "
         f"({c['tokens']['heldout']:,} tokens).",
-        f"* Workload exclusion: the {c['workload_prompts']} strings of `benchmarks/workloads/*.json` "
+        f"* Workload exclusion: the {c['workload_prompts']} strings of `shared/workloads/*.json` "
         "(every `prompts` entry and the robot `system` prompt) matched as regexes with any whitespace "
         "between words, on each file's text (dropping every block with a token inside a match) and again "
         f"on each block's decoded text. Found {c['prompt_occurrences']} occurrences; blocks dropped: "

@@ -49,7 +49,7 @@ from eespec.bench.records import (
     validate_records,
     write_csv,
 )
-from eespec.bench.workloads import load_workload
+from shared.workloads import load_workload
 
 
 @dataclass
@@ -356,7 +356,7 @@ class _Session:
         import torch
         from transformers.utils import logging as hf_logging
 
-        from cloud_server.loading import eos_ids_of
+        from cloud_server.engine import eos_ids_of
         from edge_client.draft import DraftEngine
         from eespec.processes import ServerProcess, pin_to_core
         from shared.models import load_model, resolve_model

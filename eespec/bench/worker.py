@@ -24,7 +24,7 @@ from typing import Any
 
 
 def _eos_ids(model, tokenizer) -> list[int]:
-    from cloud_server.loading import eos_ids_of
+    from cloud_server.engine import eos_ids_of
 
     return eos_ids_of(model, tokenizer)
 
@@ -77,8 +77,7 @@ class Worker:
         return {"token_ids": out[0, ids.shape[1] :].tolist()}
 
     def colocated_sd(self, job: dict[str, Any]) -> dict[str, Any]:
-        from cloud_server.early_exit import EarlyExitTarget
-        from cloud_server.target_session import EngineLimits, TargetSession
+        from cloud_server.engine import EarlyExitTarget, EngineLimits, TargetSession
         from edge_client.decoder import SpeculativeDecoder
         from edge_client.draft import DraftEngine
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from cloud_server.exits import ExitHeads, exit_logits
+from cloud_server.engine.exits import ExitHeads, exit_logits
 from shared.kv import CachedLM
 
 ExitCallback = Callable[[int, torch.Tensor, float], None]
@@ -70,18 +70,18 @@ class EarlyExitTarget:
     def exit_layers(self) -> tuple[int, ...]:
         return self.heads.layers if self.heads is not None else ()
 
-    def new_sequence(self) -> CachedLM:
+    def new_kv_cache(self) -> CachedLM:
         return CachedLM(self.model)
 
     def forward(
         self,
-        sequence: CachedLM,
+        kv_cache: CachedLM,
         new_ids: Sequence[int],
         keep: int,
         on_exit: ExitCallback | None = None,
         layers: Sequence[int] | None = None,
     ) -> torch.Tensor:
-        """Forward `new_ids` on `sequence`; final logits of the last `keep` positions.
+        """Forward `new_ids` on `kv_cache`; final logits of the last `keep` positions.
 
         With `on_exit`, each requested exit's logits for those positions are passed to it mid-forward.
         """
@@ -89,7 +89,7 @@ class EarlyExitTarget:
             wanted = frozenset(self.exit_layers if layers is None else layers) & frozenset(self.exit_layers)
             self._active = _ActiveForward(keep, wanted, on_exit, time.perf_counter())
         try:
-            return sequence.forward(new_ids, keep=keep)
+            return kv_cache.forward(new_ids, keep=keep)
         finally:
             self._active = None
 

@@ -11,17 +11,17 @@ from collections.abc import Sequence
 
 import torch
 
-from cloud_server.loading import LoadedTarget
+from cloud_server.engine.loading import LoadedTarget
 from shared.kv import CachedLM
 from shared.sampling import SamplingParams
 from shared.stopping import FinishReason, StopStrings, check_finished
-from shared.verification import first_token
+from shared.verification import pick_token
 
 
 class AutoregressiveGeneration:
     """One generation on the target: `prefill(prompt_ids)`, then `step()` until `finished`.
 
-    Tokens are chosen with `first_token` (argmax, or transformers' warpers then an inverse-CDF draw with a
+    Tokens are chosen with `pick_token` (argmax, or transformers' warpers then an inverse-CDF draw with a
     generator seeded by `sampling.seed`); the finish rules are those of `shared.stopping` (EOS is part of
     the output, as in `generate()`). The KV cache is dropped as soon as the generation finishes or `close`
     is called.
@@ -92,7 +92,7 @@ class AutoregressiveGeneration:
         self._lm = None
 
     def _choose(self, logits_row: torch.Tensor) -> int:
-        token = first_token(logits_row, self.sampling, self.generator)
+        token = pick_token(logits_row, self.sampling, self.generator)
         self.generated.append(token)
         self.finish_reason = check_finished(self.generated, self.max_tokens, self.eos_ids, self.stops)
         if self.finish_reason is not None:

@@ -1,6 +1,6 @@
 """Early-verdict hit rate per exit on real speculative rounds, and when each exit's verdict is ready.
 
-    python -m benchmarks.exit_hit_rate --exits-dir cloud_server/exit_heads/smollm2-135m-instruct \\
+    python -m eespec.bench.scripts.exit_hit_rate --exits-dir cloud_server/exit_heads/smollm2-135m-instruct \\
         --workloads code,prose,robot --max-tokens 48 --window 4 --json benchmarks/results/exit_hit_rate.json
 
 In-process (draft and target in this process, one thread), greedy. A round's early verdict at layer L is a
@@ -21,14 +21,12 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import load_workload, machine_line
-from cloud_server.early_exit import EarlyExitTarget
-from cloud_server.exits import ExitHeads
-from cloud_server.loading import eos_ids_of
-from cloud_server.target_session import TargetSession
+from cloud_server.engine import EarlyExitTarget, ExitHeads, TargetSession, eos_ids_of
 from edge_client.draft import DraftEngine
+from eespec.bench.records import machine_line
 from eespec.defaults import DEFAULT_DRAFT, DEFAULT_TARGET
 from shared.models import load_model
+from shared.workloads import load_workload
 from training.card_check import speculative_rounds
 
 
@@ -61,12 +59,12 @@ def measure(args) -> dict:
                     per_workload[name][layer].append(int(early["hit"]))
                     t_ms[layer].append(early["t_ms"])
     return {
-        "command": "python -m benchmarks.exit_hit_rate "
+        "command": "python -m eespec.bench.scripts.exit_hit_rate "
         + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k != "json"
         ),
         "date": datetime.date.today().isoformat(),
-        "machine": machine_line() + f", {args.threads} torch thread(s)",
+        "machine": machine_line(args.threads),
         "rounds": len(verify_ms),
         "verify_ms_median": statistics.median(verify_ms),
         "draft_ms_per_window_median": statistics.median(draft_ms),

@@ -1,6 +1,6 @@
 """Adaptive window vs fixed windows, through the network emulator, on the default pair.
 
-    python -m benchmarks.window_sweep --rtt-ms 20,100 --workloads code,robot --max-tokens 32 \\
+    python -m eespec.bench.scripts.window_sweep --rtt-ms 20,100 --workloads code,robot --max-tokens 32 \\
         --json benchmarks/results/window_sweep.json
 
 Cloud (`eespec serve`, one thread, core 0) and edge (this process, one thread, core 1) are separate
@@ -18,11 +18,13 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import ServerProcess, load_workload, machine_line, pin_to_core
 from edge_client import DraftEngine, EdgeClient
+from eespec.bench.records import machine_line
 from eespec.defaults import DEFAULT_DRAFT, DEFAULT_EXIT_LAYERS, DEFAULT_TARGET
 from eespec.netem import LinkProfile, NetworkEmulator
+from eespec.processes import ServerProcess, pin_to_core
 from shared.models import load_model
+from shared.workloads import load_workload
 
 
 async def run_cell(url, key, engine, tokenizer, prompts, window, max_tokens):
@@ -87,12 +89,12 @@ def main() -> None:
     args = parser.parse_args()
     records = asyncio.run(sweep(args))
     report = {
-        "command": "python -m benchmarks.window_sweep "
+        "command": "python -m eespec.bench.scripts.window_sweep "
         + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k != "json"
         ),
         "date": datetime.date.today().isoformat(),
-        "machine": machine_line(),
+        "machine": machine_line(1),
         "records": records,
     }
     print(

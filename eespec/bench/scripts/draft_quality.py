@@ -1,7 +1,7 @@
 """Draft quality and local speculative speed: acceptance per window and workload, and the same pair's
 speed under our decoder against the target alone and transformers' assisted generation, in one run.
 
-    python -m benchmarks.draft_quality --json benchmarks/results/draft_quality.json
+    python -m eespec.bench.scripts.draft_quality --json benchmarks/results/draft_quality.json
 
 One process, one torch thread, greedy. For every workload prompt: the target's own `generate()` (the
 reference and the "target alone" time), our in-process speculative decoder at each window (no exits, no
@@ -22,15 +22,14 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import load_workload, machine_line
-from cloud_server.early_exit import EarlyExitTarget
-from cloud_server.loading import eos_ids_of
-from cloud_server.target_session import EngineLimits, TargetSession
+from cloud_server.engine import EarlyExitTarget, EngineLimits, TargetSession, eos_ids_of
 from edge_client.decoder import SpeculativeDecoder
 from edge_client.draft import DraftEngine
+from eespec.bench.records import machine_line
 from eespec.defaults import DEFAULT_DRAFT, DEFAULT_TARGET
 from shared.models import load_model
 from shared.sampling import SamplingParams
+from shared.workloads import load_workload
 from training.card_check import greedy_generate
 
 
@@ -143,10 +142,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     for m in methods:
         speed[m]["speedup_vs_target"] = speed[m]["tokens_per_s"] / base
     return {
-        "command": "python -m benchmarks.draft_quality "
+        "command": "python -m eespec.bench.scripts.draft_quality "
         + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "json"),
         "date": datetime.date.today().isoformat(),
-        "machine": machine_line() + f", {args.threads} torch thread(s)",
+        "machine": machine_line(args.threads),
         "target": args.target,
         "draft": args.draft,
         "draft_dtype": str(next(draft.parameters()).dtype).removeprefix("torch."),

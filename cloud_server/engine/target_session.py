@@ -11,13 +11,13 @@ from dataclasses import dataclass
 
 import torch
 
-from cloud_server.early_exit import EarlyExitTarget
+from cloud_server.engine.early_exit import EarlyExitTarget
 from shared.errors import ProtocolError
 from shared.hashing import ids_hash
 from shared.protocol import Draft, Early, Started, Verdict
 from shared.sampling import SamplingParams, SparseProposal, target_probs
 from shared.stopping import StopStrings, apply_finish_rules, check_finished
-from shared.verification import RoundUniforms, first_token, verify_window
+from shared.verification import RoundUniforms, pick_token, verify_window
 
 EarlyCallback = Callable[[Early], None]
 
@@ -40,12 +40,12 @@ class TargetSession:
         tokenizer=None,
         limits: EngineLimits | None = None,
     ) -> None:
-        self.target = target
+        self.early_exit = target
         self.eos_ids = frozenset(int(t) for t in eos_ids)
         self.tokenizer = tokenizer
         self.limits = limits or EngineLimits()
         self.vocab_size = int(target.model.config.vocab_size)
-        self.sequence = target.new_sequence()
+        self.kv_cache = target.new_kv_cache()
         self.committed: list[int] = []
         self.prompt_len = 0
         self.round = 0
@@ -63,7 +63,7 @@ class TargetSession:
 
     @property
     def kv_bytes(self) -> int:
-        return self.sequence.nbytes
+        return self.kv_cache.nbytes
 
     def start(
         self,
@@ -86,21 +86,21 @@ class TargetSession:
         self._check_ids(prompt)
         if stop and self.tokenizer is None:
             raise ProtocolError("bad_frame", "stop strings need the server's tokenizer")
-        self.sequence.reset()
+        self.kv_cache.reset()
         self.sampling = sampling
         self.max_tokens = max_tokens
         self.stops = StopStrings(self.tokenizer, stop) if stop else None
         self.generator = torch.Generator().manual_seed(sampling.seed)
         self.round = 0
         self.prompt_len = len(prompt)
-        logits = self.sequence.forward(prompt, keep=1)
-        token = first_token(logits[-1], sampling, self.generator)
+        logits = self.kv_cache.forward(prompt, keep=1)
+        token = pick_token(logits[-1], sampling, self.generator)
         self.committed = [*prompt, token]
         reason = check_finished(self.generated, max_tokens, self.eos_ids, self.stops)
         self.finished = reason is not None
         self.finish_reason = reason
         if self.finished:
-            self.sequence.reset()
+            self.kv_cache.reset()
         elapsed = time.perf_counter() - t0
         self.busy_s += elapsed
         return Started(
@@ -121,7 +121,7 @@ class TargetSession:
         tokens = list(draft.tokens)
         k = len(tokens)
         uniforms = None if self.sampling.greedy else RoundUniforms.draw(self.generator, k)  # type: ignore[arg-type]
-        pending = self.sequence.sync(self.committed)
+        pending = self.kv_cache.sync(self.committed)
 
         def on_exit(layer: int, logits: torch.Tensor, t_ms: float) -> None:
             prediction = verify_window(logits, tokens, self.sampling, proposals, uniforms)
@@ -137,8 +137,8 @@ class TargetSession:
             )
 
         t_forward = time.perf_counter()
-        logits = self.target.forward(
-            self.sequence,
+        logits = self.early_exit.forward(
+            self.kv_cache,
             [*pending, *tokens],
             keep=k + 1,
             on_exit=on_exit if on_early else None,
@@ -156,9 +156,9 @@ class TargetSession:
         self.finished = result.finished
         self.finish_reason = result.finish_reason
         if self.finished:
-            self.sequence.reset()  # a finished generation holds no KV cache
+            self.kv_cache.reset()  # a finished generation holds no KV cache
         else:
-            self.sequence.sync(self.committed)
+            self.kv_cache.sync(self.committed)
         elapsed = time.perf_counter() - t0
         self.busy_s += elapsed
         return Verdict(
@@ -173,7 +173,7 @@ class TargetSession:
 
     def restore(self, record) -> None:
         """Continue a detached generation (a `sessions.DetachedRecord`): re-prefill its committed ids."""
-        self.sequence.reset()
+        self.kv_cache.reset()
         self.committed = list(record.committed)
         self.prompt_len = record.prompt_len
         self.round = record.round
@@ -187,12 +187,12 @@ class TargetSession:
             self.generator.set_state(record.rng_state)
         t0 = time.perf_counter()
         if len(self.committed) > 1 and not self.finished:
-            self.sequence.forward(self.committed[:-1], keep=1)
+            self.kv_cache.forward(self.committed[:-1], keep=1)
         self.busy_s += time.perf_counter() - t0
 
     def close(self) -> None:
         """Free the KV cache (idempotent)."""
-        self.sequence.reset()
+        self.kv_cache.reset()
         self.finished = True
 
     def _confidence(self, row: torch.Tensor, token: int) -> float:

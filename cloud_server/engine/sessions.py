@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from cloud_server.target_session import TargetSession
+from cloud_server.engine.target_session import TargetSession
 from shared.sampling import SamplingParams
 
 

@@ -1,7 +1,7 @@
 """Verify cost on a GPU: one window forward (k draft tokens + the pending token) for k = 1..16, eager,
 with and without early exits, on random-weight SmolLM2-135M- and Llama-2-7B-shaped targets (bf16).
 
-    python -m benchmarks.gpu_verify_cost --json out.json
+    python -m eespec.bench.scripts.gpu_verify_cost --json out.json
 
 Each figure is the median (min, max) of --repeats timed forwards after warm-ups, with CUDA synchronised
 around each; the prefix holds --prefix tokens in a DynamicCache that is cropped back after each forward.
@@ -17,8 +17,7 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from cloud_server.early_exit import EarlyExitTarget
-from cloud_server.exits import ExitHeads
+from cloud_server.engine import EarlyExitTarget, ExitHeads
 from shared.sampling import SamplingParams
 from shared.verification import verify_window
 
@@ -62,7 +61,7 @@ def build(shape: str) -> tuple[LlamaForCausalLM, tuple[int, ...]]:
 
 
 def time_windows(target: EarlyExitTarget, vocab: int, prefix: int, windows: range, repeats: int, exits: bool):
-    seq = target.new_sequence()
+    seq = target.new_kv_cache()
     gen = torch.Generator().manual_seed(1)
     seq.forward(torch.randint(0, vocab, (prefix,), generator=gen).tolist())
     greedy = SamplingParams()

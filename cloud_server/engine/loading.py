@@ -1,0 +1,70 @@
+"""Loading the target side: model, tokenizer, exit heads and the identity the handshake announces."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cloud_server.engine.early_exit import EarlyExitTarget
+from cloud_server.engine.exits import ExitHeads, resolve_exit_heads
+from shared.hashing import vocab_hash
+from shared.models import load_model
+
+
+@dataclass
+class LoadedTarget:
+    """A served target: its name, the HF model, its tokenizer and the early-exit wrapper around it."""
+
+    name: str
+    model: Any
+    tokenizer: Any
+    early_exit: EarlyExitTarget
+    vocab_hash: str
+    eos_ids: list[int]
+
+    @classmethod
+    def build(cls, name: str, model, tokenizer, heads: ExitHeads | None) -> LoadedTarget:
+        return cls(
+            name=name,
+            model=model,
+            tokenizer=tokenizer,
+            early_exit=EarlyExitTarget(model, heads),
+            vocab_hash=vocab_hash(tokenizer),
+            eos_ids=eos_ids_of(model, tokenizer),
+        )
+
+
+def eos_ids_of(model, tokenizer) -> list[int]:
+    """EOS ids from the generation config, else the tokenizer's."""
+    eos = model.generation_config.eos_token_id
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    if eos is None:
+        return []
+    return [int(e) for e in eos] if isinstance(eos, list | tuple) else [int(eos)]
+
+
+def load_target(
+    target: str,
+    *,
+    device: str = "cpu",
+    exit_layers: Sequence[int] | None = None,
+    exits_dir: str | Path | None = None,
+    threads: int | None = None,
+) -> LoadedTarget:
+    """Load a target (known name, HF folder or .gguf) with the exit heads for `exit_layers`.
+
+    Exit heads: `exits_dir` when given, else the shipped trained heads for a known target, else
+    zero-initialised heads (the base model's own read-out).
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    model, tokenizer = load_model(target, device=device)
+    name = target.rstrip("/").split("/")[-1]
+    layers = list(exit_layers) if exit_layers is not None else []
+    heads = resolve_exit_heads(name, model.config.hidden_size, layers, exits_dir)
+    return LoadedTarget.build(name, model, tokenizer, heads)
