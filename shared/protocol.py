@@ -75,6 +75,9 @@ class Start(_Message):
     sampling: SamplingParams = Field(default_factory=SamplingParams)
     max_tokens: int = Field(64, ge=1)
     stop: StopList | None = None
+    # Extension: how many trailing `token_ids` are output already (an edge restarting a generation the
+    # server lost); `max_tokens` and stop strings count them.
+    generated: int = Field(0, ge=0)
 
 
 class Started(_Message):

@@ -122,7 +122,9 @@ def test_an_exit_head_that_raises_only_drops_its_frame(target_model):
     session.start(PROMPT, SamplingParams(), max_tokens=20)
     earlies = []
     draft = DraftEngine(twin(target_model))
-    verdict = session.verify(draft.draft(session.committed, 3, SamplingParams()).to_message(1), earlies.append)
+    verdict = session.verify(
+        draft.draft(session.committed, 3, SamplingParams()).to_message(1), earlies.append
+    )
     assert earlies == [] and verdict.accepted == 3  # the twin draft is the target: all accepted
 
 

@@ -71,12 +71,19 @@ class TargetSession:
         sampling: SamplingParams,
         max_tokens: int,
         stop: Sequence[str] | None = None,
+        generated: int = 0,
     ) -> Started:
-        """Prefill the prompt and produce the target's first token."""
+        """Prefill the prompt and produce the target's first token.
+
+        `generated`: how many trailing prompt ids are output already (a restarted generation); the finish
+        rules (`max_tokens`, stop strings) count them.
+        """
         t0 = time.perf_counter()
         prompt = [int(t) for t in prompt_ids]
         if not prompt:
             raise ProtocolError("bad_frame", "the prompt is empty")
+        if not 0 <= generated < min(len(prompt), max_tokens):
+            raise ProtocolError("bad_frame", "generated must be below the prompt length and max_tokens")
         if len(prompt) > self.limits.max_prompt_tokens:
             raise ProtocolError(
                 "too_large", f"prompt of {len(prompt)} tokens > {self.limits.max_prompt_tokens}"
@@ -94,7 +101,7 @@ class TargetSession:
         self.stops = StopStrings(self.tokenizer, stop) if stop else None
         self.generator = torch.Generator().manual_seed(sampling.seed)
         self.round = 0
-        self.prompt_len = len(prompt)
+        self.prompt_len = len(prompt) - generated
         try:
             logits = self.kv_cache.forward(prompt, keep=1)
             token = pick_token(logits[-1], sampling, self.generator)
