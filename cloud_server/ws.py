@@ -46,6 +46,7 @@ KNOWN_TYPES = frozenset(
     | {"resumed", "ping", "pong", "error"}
 )
 CLIENT_TYPES = frozenset({"hello", "start", "draft", "cancel", "resume", "ping"})
+RESUME_WAIT_S = 2.0
 
 
 @router.websocket("/v1/speculate")
@@ -301,8 +302,14 @@ class Connection:
         self.state.refresh_gauges()
 
     async def _resume(self, resume: Resume) -> None:
+        sessions = self.state.sessions
+        # A resume can overtake the server's noticing that the old socket is gone (its round may still be
+        # on the worker): give the old connection a moment to detach rather than lose the session.
+        deadline = time.monotonic() + RESUME_WAIT_S
+        while resume.session_id in sessions.active and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
         # Taken out of the store before any await: an expiry or a second resume meanwhile finds nothing.
-        record = self.state.sessions.take_detached(resume.session_id)
+        record = sessions.take_detached(resume.session_id)
         if record is None:
             raise ProtocolError("session_not_found", "no detached session with that id (expired or unknown)")
         n = resume.committed_len
