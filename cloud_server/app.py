@@ -7,11 +7,14 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cloud_server.engine import LoadedTarget, load_target
+from cloud_server.http_api import add_request_bodies
 from cloud_server.http_api import router as openai_router
 from cloud_server.settings import ServerSettings
 from cloud_server.state import ServerState
@@ -71,8 +74,23 @@ def create_app(
         state.refresh_gauges()
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Routing errors in the same OpenAI shape as every other error."""
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_frame")
+        error = {"message": str(exc.detail), "type": "invalid_request_error", "code": code}
+        return JSONResponse({"error": error}, status_code=exc.status_code, headers=exc.headers)
+
     app.include_router(ws_router)
     app.include_router(openai_router)
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            app.openapi_schema = add_request_bodies(schema)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 

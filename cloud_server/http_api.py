@@ -20,6 +20,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.json_schema import models_json_schema
 from starlette.types import Receive, Scope, Send
 
 from cloud_server.engine import AutoregressiveGeneration, LoadedTarget
@@ -106,6 +107,23 @@ class ChatBody(_Body):
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: Literal[False] | None = None
+
+
+def add_request_bodies(openapi: dict[str, Any]) -> dict[str, Any]:
+    """Document the POST bodies in the OpenAPI schema (the routes parse them themselves, to answer
+    `bad_frame` 400 rather than FastAPI's 422), so clients and schema-driven fuzzers see them."""
+    bodies = {"/v1/completions": CompletionBody, "/v1/chat/completions": ChatBody}
+    refs, top = models_json_schema(
+        [(model, "validation") for model in bodies.values()], ref_template="#/components/schemas/{model}"
+    )
+    openapi.setdefault("components", {}).setdefault("schemas", {}).update(top.get("$defs", {}))
+    for path, model in bodies.items():
+        operation = openapi["paths"][path]["post"]
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": refs[(model, "validation")]}},
+        }
+    return openapi
 
 
 def visible_text(tokenizer, stops: StopStrings, ids: Sequence[int]) -> str:
