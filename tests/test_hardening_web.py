@@ -325,6 +325,19 @@ def test_silent_sockets_are_closed_and_free_their_slots(server, ws_url):
     assert wait_for(lambda: gauges(server)["eespec_active_sessions"] == 0)
 
 
+def test_an_edge_client_closed_for_idling_reconnects_on_its_next_generation(server, target, tok):
+    ids = tok("Hi robot").input_ids
+
+    async def idle_then_generate():
+        async with EdgeClient(server, DraftEngine(twin(target)), tokenizer=tok, api_key=KEY) as client:
+            await asyncio.sleep(2.5)  # past idle_timeout_s: the server closed the socket (1001)
+            return await client.generate(ids, max_tokens=12)
+
+    result = asyncio.run(idle_then_generate())
+    assert result.token_ids == oracle_greedy(target, ids, 12, eos=EOS)
+    assert result.extra["reconnects"] == 1
+
+
 def test_per_key_and_server_wide_limits_cover_websockets_and_http(server, ws_url):
     with contextlib.ExitStack() as stack:
 
@@ -475,14 +488,17 @@ class CountingDraft(DraftEngine):
     def __init__(self, model) -> None:
         super().__init__(model)
         self.running = 0
+        self._count_lock = threading.Lock()  # `+=` from several threads would lose updates
 
     def draft(self, prefix, k, sampling, cancel=None):
-        self.running += 1
+        with self._count_lock:
+            self.running += 1
         try:
             time.sleep(0.02)
             return super().draft(prefix, k, sampling, cancel)
         finally:
-            self.running -= 1
+            with self._count_lock:
+                self.running -= 1
 
 
 def test_the_edge_leaves_no_draft_running_after_an_error_or_a_cancellation(server, target, tok, fault):
