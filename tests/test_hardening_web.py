@@ -653,3 +653,17 @@ def test_streamed_text_equals_the_whole_decode(server, target, tok):
     text = "".join(json.loads(e)["choices"][0]["text"] for e in events[:-1])
     ids = oracle_greedy(target, tok("The robot").input_ids, 40, eos=EOS)
     assert text == whole == tok.decode(ids, skip_special_tokens=True)
+
+
+# -- defect 9: `generate --server` no longer ignores options it cannot honour -------------------------------
+
+
+@pytest.mark.parametrize("extra", [["--exits-dir", "/tmp/heads"], ["--target", "some-other-model"]])
+def test_generate_against_a_server_refuses_local_only_options(extra):
+    from typer.testing import CliRunner
+
+    from eespec.cli import app
+
+    result = CliRunner().invoke(app, ["generate", "--server", "ws://127.0.0.1:1", "--prompt", "x", *extra])
+    assert result.exit_code == 2
+    assert "--local only" in result.output
