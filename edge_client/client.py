@@ -33,8 +33,8 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from edge_client.decoder import GenerationResult
 from edge_client.draft import DraftEngine, DraftWindow
 from edge_client.events import EventCallback, StreamEvent
-from edge_client.generation_metrics import GenerationMetrics
 from edge_client.predraft import Hypothesis, Predrafter, PredraftStats
+from edge_client.rounds import RoundLedger
 from edge_client.window import AdaptiveWindow
 from shared.hashing import ids_hash, vocab_hash
 from shared.protocol import (
@@ -69,22 +69,19 @@ class LinkLost(Exception):
     """The socket dropped, or the server stayed silent past `verdict_timeout_s`."""
 
 
-@dataclass
-class _Generation:
-    prompt: list[int]
+@dataclass(kw_only=True)
+class _Generation(RoundLedger):
+    """One request's books (`RoundLedger`) plus what the network adds: the stream shown to the caller
+    (verified and unverified tokens, retractions), the session, windows, RTTs and link events."""
+
     sampling: SamplingParams
     max_tokens: int
     stop: list[str] | None
     on_event: EventCallback | None
-    committed: list[int] = field(default_factory=list)
     provisional: list[int] = field(default_factory=list)  # unverified tokens shown after `committed`
     session_id: str | None = None
     started: bool = False
-    finished: bool = False
-    finish_reason: str | None = None
-    round_no: int = 0
     next_window: DraftWindow | None = None  # pre-drafted after the last verdict (a hit)
-    metrics: GenerationMetrics = field(default_factory=GenerationMetrics)
     rtts_ms: list[float] = field(default_factory=list)
     windows: list[int] = field(default_factory=list)
     window_reason: str = ""
@@ -93,10 +90,6 @@ class _Generation:
     unverified_emitted: int = 0
     reconnects: int = 0
     restarts: int = 0
-
-    @property
-    def generated(self) -> list[int]:
-        return self.committed[len(self.prompt) :]
 
     def emit(self, event: StreamEvent) -> None:
         if self.on_event is not None:
@@ -119,10 +112,10 @@ class _Generation:
             self.provisional = shown[matched:]
         if matched < len(new):
             self.emit(StreamEvent.tokens(new[matched:], verified=True))
-        self.committed.extend(new)
+        super().commit(new)
 
     def finish(self, reason: str | None) -> None:
-        self.finished, self.finish_reason = True, reason
+        super().finish(reason)
         if self.provisional:  # shown but never verified: the generation ended before them
             self.emit(StreamEvent.retract(self.provisional))
             self.retracted += len(self.provisional)
@@ -284,11 +277,7 @@ class EdgeClient:
         started = await self._expect(Started, timeout=self.verdict_timeout_s)
         gen.started = True
         gen.session_id = self.welcome.session_id if self.welcome else None
-        gen.round_no = 0
-        gen.metrics.server_busy_s += started.server_ms / 1000.0
-        gen.commit([started.first_token])
-        if started.finished:
-            gen.finish(started.finish_reason)
+        gen.on_started(started)
 
     async def _round(self, gen: _Generation, windows: AdaptiveWindow, predrafter: Predrafter) -> None:
         choice = windows.choose()
@@ -302,22 +291,17 @@ class EdgeClient:
             gen.metrics.draft_s += window.draft_s
         k = len(window.tokens)  # a pre-drafted window keeps the size chosen when it was drafted
         gen.windows.append(k)
-        gen.round_no += 1
+        message = gen.open_round(window)
         t_sent = time.perf_counter()
-        await self._send(window.to_message(gen.round_no).model_dump(mode="json", exclude_none=True))
+        await self._send(message.model_dump(mode="json", exclude_none=True))
         if self.preempt and self.optimistic and windows.full_acceptance(k) >= self.optimistic_min:
             guess = Hypothesis((*window.prefix, *window.tokens), "optimistic", rank=0.0, guess_next=True)
             await predrafter.request(guess)
-        verdict, last_early = await self._await_verdict(gen, window, predrafter)
+        verdict = await self._await_verdict(gen, window, predrafter)
         wait_s = time.perf_counter() - t_sent
-        m = gen.metrics
-        m.verify_wait_s += wait_s
+        gen.metrics.verify_wait_s += wait_s
         rtt_ms = max(0.0, wait_s * 1000.0 - verdict.server_ms)
         gen.rtts_ms.append(rtt_ms)
-        m.server_busy_s += verdict.server_ms / 1000.0
-        m.rounds += 1
-        m.drafted += len(window.tokens)
-        m.accepted += verdict.accepted
         windows.observe(
             k,
             verdict.accepted,
@@ -325,20 +309,12 @@ class EdgeClient:
             verdict.verify_ms / 1e3,
             rtt_ms / 1e3,
         )
-        if last_early is not None:
-            m.early_rounds += 1
-            m.early_hits += (last_early.accepted, last_early.token) == (verdict.accepted, verdict.token)
-        new = list(window.tokens[: verdict.accepted]) + ([verdict.token] if verdict.token is not None else [])
-        gen.commit(new)
-        if verdict.finished:
-            gen.finish(verdict.finish_reason)
+        gen.close_round(verdict)
+        if gen.finished:
             return
         gen.next_window = await predrafter.settle(tuple(gen.committed))
 
-    async def _await_verdict(
-        self, gen: _Generation, window: DraftWindow, predrafter: Predrafter
-    ) -> tuple[Verdict, Early | None]:
-        last_early: Early | None = None
+    async def _await_verdict(self, gen: _Generation, window: DraftWindow, predrafter: Predrafter) -> Verdict:
         unverified: _UnverifiedDrafting | None = None
         deadline = time.monotonic() + self.verdict_timeout_s
         try:
@@ -355,16 +331,14 @@ class EdgeClient:
                     await predrafter.stop()
                     unverified = _UnverifiedDrafting(self, gen, list(window.tokens))
                     continue
-                if isinstance(frame, Early) and frame.round == gen.round_no:
-                    gen.metrics.early_predictions += 1
-                    last_early = frame
+                if isinstance(frame, Early) and gen.note_early(frame):
                     if self.preempt and unverified is None:
                         prefix = (*window.prefix, *window.tokens[: frame.accepted], frame.token)
                         # A confident exit outranks the optimistic guess; a deeper exit outranks a shallower.
                         rank = frame.layer if frame.confidence >= self.early_trust else 0.0
                         await predrafter.request(Hypothesis(prefix, f"early@{frame.layer}", rank))
                 elif isinstance(frame, Verdict) and frame.round == gen.round_no:
-                    return frame, last_early
+                    return frame
         finally:
             if unverified is not None:
                 await unverified.stop()
@@ -372,6 +346,7 @@ class EdgeClient:
     async def _recover(self, gen: _Generation) -> None:
         """Reconnect with backoff, then resume the session (or restart from the committed tokens)."""
         await self.close()
+        gen.abandon_round()
         unverified = None
         deadline = time.monotonic() + self.reconnect_timeout_s
         delay = self.backoff_s
