@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
+import ssl
 import statistics
+import struct
 import threading
 import time
 from collections.abc import Sequence
@@ -144,6 +147,8 @@ class EdgeClient:
         backoff_s: float = 0.05,
         backoff_max_s: float = 2.0,
         open_timeout: float = 10.0,
+        max_retries: int = 3,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.url = _speculate_url(url)
         self.draft = draft
@@ -164,6 +169,9 @@ class EdgeClient:
         self.backoff_s = backoff_s
         self.backoff_max_s = backoff_max_s
         self.open_timeout = open_timeout
+        # Per generation: `retryable` errors resent, and generations the server ended restarted.
+        self.max_retries = max_retries
+        self.ssl_context = ssl_context  # for wss:// with a private CA (None: the system's trust store)
         self.ws: ClientConnection | None = None
         self.welcome: Welcome | None = None
         self.windows: AdaptiveWindow | None = None
@@ -187,6 +195,11 @@ class EdgeClient:
                 open_timeout=self.open_timeout,
                 max_size=None,
                 compression=None,
+                **(
+                    {"ssl": self.ssl_context}
+                    if self.ssl_context is not None and self.url.startswith("wss")
+                    else {}
+                ),
             )
         except InvalidStatus as exc:
             if exc.response.status_code in (401, 403):  # final: retrying cannot help
@@ -233,19 +246,41 @@ class EdgeClient:
             self.windows = AdaptiveWindow(max_window, fixed=self.window, initial=min(4, max_window))
         windows = self.windows
         predrafter = Predrafter(self.draft, windows.initial, gen.sampling, stats)
-        while not gen.finished:
-            try:
-                if self.ws is None:
-                    raise LinkLost("not connected")
-                if not gen.started:
-                    await self._start(gen, gen.prompt, gen.max_tokens)
-                else:
-                    await self._round(gen, windows, predrafter)
-            except LinkLost as exc:
-                log.info("link lost (%s); recovering", exc)
-                await predrafter.stop()
-                await self._recover(gen)
-        await predrafter.stop()
+        retries = 0
+        try:
+            while not gen.finished:
+                try:
+                    if self.ws is None:
+                        raise LinkLost("not connected")
+                    if not gen.started:
+                        await self._start(gen, gen.prompt, gen.max_tokens)
+                    else:
+                        await self._round(gen, windows, predrafter)
+                except LinkLost as exc:
+                    log.info("link lost (%s); recovering", exc)
+                    await predrafter.stop()
+                    await self._recover(gen)
+                except EdgeError as exc:
+                    # Only an error the server says is safe to retry, or one that ended the generation
+                    # server-side (`internal`, not retryable: restart from the committed tokens).
+                    restartable = exc.code == "internal" and gen.started
+                    if not (exc.retryable or restartable) or retries >= self.max_retries:
+                        raise
+                    retries += 1
+                    await predrafter.stop()
+                    gen.next_window = None
+                    if exc.retryable:
+                        log.info("retrying after %s (%d/%d)", exc.code, retries, self.max_retries)
+                        if gen.started:
+                            gen.abandon_round(resend=True)  # the server rolled the round back
+                        await asyncio.sleep(min(self.backoff_s * 2**retries, self.backoff_max_s))
+                    else:
+                        log.info("the server ended the generation (%s); restarting", exc.message)
+                        await self._restart(gen)
+        finally:
+            # Every exit path (an error, a cancellation): no draft thread may outlive this call, or it
+            # would write the shared draft cache while the next generate() drafts on it.
+            await predrafter.stop()
         m = gen.metrics
         m.draft_s += predrafter.draft_s
         m.predraft_started = sum(stats.started.values())
@@ -271,8 +306,21 @@ class EdgeClient:
         }
         return result
 
-    async def _start(self, gen: _Generation, token_ids: list[int], max_tokens: int) -> None:
-        start = Start(token_ids=token_ids, sampling=gen.sampling, max_tokens=max_tokens, stop=gen.stop)
+    async def _start(
+        self,
+        gen: _Generation,
+        token_ids: list[int],
+        max_tokens: int,
+        sampling: SamplingParams | None = None,
+        generated: int = 0,
+    ) -> None:
+        start = Start(
+            token_ids=token_ids,
+            sampling=sampling or gen.sampling,
+            max_tokens=max_tokens,
+            stop=gen.stop,
+            generated=generated,
+        )
         await self._send(start.model_dump(mode="json", exclude_none=True))
         started = await self._expect(Started, timeout=self.verdict_timeout_s)
         gen.started = True
@@ -287,7 +335,7 @@ class EdgeClient:
         predrafter.k = k
         window, gen.next_window = gen.next_window, None
         if window is None or tuple(window.prefix) != tuple(gen.committed):
-            window = await asyncio.to_thread(self.draft.draft, gen.committed, k, gen.sampling)
+            window = await draft_off_loop(self.draft, gen.committed, k, gen.sampling)
             gen.metrics.draft_s += window.draft_s
         k = len(window.tokens)  # a pre-drafted window keeps the size chosen when it was drafted
         gen.windows.append(k)
@@ -364,7 +412,9 @@ class EdgeClient:
                         return
                     await self._restart(gen)
                     return
-                except (LinkLost, *LINK_ERRORS) as exc:
+                except (LinkLost, *LINK_ERRORS, EdgeError) as exc:
+                    if isinstance(exc, EdgeError) and not exc.retryable:
+                        raise  # e.g. unauthorized, vocab_mismatch: retrying cannot help
                     await self.close()
                     if time.monotonic() + delay > deadline:
                         message = f"could not reconnect within {self.reconnect_timeout_s} s: {exc}"
@@ -401,11 +451,18 @@ class EdgeClient:
         return True
 
     async def _restart(self, gen: _Generation) -> None:
-        """The server lost the session: start again from the committed tokens (exact: greedy continues
-        identically, and sampling continues from the target's own distribution)."""
+        """The server lost or ended the session: start again from the committed tokens (exact: greedy
+        continues identically, and sampling continues from the target's own distribution).
+
+        The restarted generation's seed is derived from (seed, committed length), so its uniforms are not
+        the ones the first start drew again; `generated` tells the server which committed tokens are
+        output already, so stop strings that span the restart and `max_tokens` count them.
+        """
         gen.restarts += 1
-        remaining = gen.max_tokens - len(gen.generated)
-        await self._start(gen, list(gen.committed), remaining)
+        sampling = gen.sampling.model_copy(
+            update={"seed": restart_seed(gen.sampling.seed, len(gen.committed))}
+        )
+        await self._start(gen, list(gen.committed), gen.max_tokens, sampling, generated=len(gen.generated))
 
     async def _send(self, payload: dict[str, Any]) -> None:
         if self.ws is None:
@@ -476,6 +533,30 @@ class _UnverifiedDrafting:
     async def stop(self) -> None:
         self.halt.set()
         await self.task
+
+
+async def draft_off_loop(
+    engine: DraftEngine, prefix: Sequence[int], k: int, sampling: SamplingParams
+) -> DraftWindow:
+    """`engine.draft` on a thread; a cancelled caller stops the draft and waits for the thread, so no
+    draft outlives the generation that asked for it."""
+    cancel = threading.Event()
+    future = asyncio.ensure_future(asyncio.to_thread(engine.draft, prefix, k, sampling, cancel))
+    try:
+        window = await asyncio.shield(future)
+    except asyncio.CancelledError:
+        cancel.set()
+        await asyncio.wait([future])
+        raise
+    assert window is not None  # only a cancelled draft is None
+    return window
+
+
+def restart_seed(seed: int, committed_len: int) -> int:
+    """The seed of a generation restarted after `committed_len` committed ids: fresh uniforms, still a
+    pure function of the request (the same restart gives the same output)."""
+    digest = hashlib.sha256(struct.pack("<qq", seed, committed_len) + b"restart").digest()
+    return int.from_bytes(digest[:8], "little") >> 2  # within SamplingParams' seed range
 
 
 def _speculate_url(url: str) -> str:

@@ -48,6 +48,9 @@ class DraftEngine:
         self.model = model
         self.q_top_k = q_top_k
         self.kv_cache = CachedLM(model)
+        # One KV cache: drafts from several threads (a pre-draft still running when another starts) take
+        # turns instead of interleaving their writes.
+        self._lock = threading.Lock()
 
     def draft(
         self, prefix: Sequence[int], k: int, sampling: SamplingParams, cancel: threading.Event | None = None
@@ -55,6 +58,12 @@ class DraftEngine:
         """A window of k tokens after `prefix`; None if `cancel` was set before it was complete."""
         if k < 1:
             raise ValueError("a window has at least one token")
+        with self._lock:
+            return self._draft(prefix, k, sampling, cancel)
+
+    def _draft(
+        self, prefix: Sequence[int], k: int, sampling: SamplingParams, cancel: threading.Event | None
+    ) -> DraftWindow | None:
         t0 = time.perf_counter()
         pending = self.kv_cache.sync(prefix)
         logits = self.kv_cache.forward(pending, keep=1)[-1]

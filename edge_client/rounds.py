@@ -95,6 +95,9 @@ class RoundLedger:
             self.finish(verdict.finish_reason)
         return new
 
-    def abandon_round(self) -> None:
-        """Forget the window in flight (the link dropped before its verdict)."""
+    def abandon_round(self, *, resend: bool = False) -> None:
+        """Forget the window in flight (the link dropped, or the server refused it). With `resend` the next
+        round reuses its number: the server rolled that round back and expects it again."""
+        if resend and self.window is not None:
+            self.round_no -= 1
         self.window, self.last_early = None, None

@@ -200,8 +200,15 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
     api_key: Annotated[
-        list[str] | None, typer.Option(help="Accepted API key, repeatable (env EESPEC_API_KEY, a JSON list).")
+        list[str] | None,
+        typer.Option(
+            help="Accepted API key, repeatable. Prefer env EESPEC_API_KEY (a list: JSON or commas): "
+            "a key on the command line is visible to every user in `ps`."
+        ),
     ] = None,
+    insecure_no_auth: Annotated[
+        bool, typer.Option("--insecure-no-auth", help="Serve without an API key: every route open to anyone.")
+    ] = False,
     ssl_keyfile: Annotated[str | None, typer.Option()] = None,
     ssl_certfile: Annotated[str | None, typer.Option()] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads.")] = None,
@@ -212,15 +219,15 @@ def serve(
 ) -> None:
     """Run the cloud server: /v1/speculate, OpenAI-compatible routes, /health, /metrics.
 
-    Every option falls back to its EESPEC_* environment variable, then to the default."""
+    Every option falls back to its EESPEC_* environment variable, then to the default. Without an API key
+    the server refuses to start unless --insecure-no-auth."""
     _quiet_transformers()
     import logging
 
-    import uvicorn
-
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from cloud_server.app import create_app
+    from cloud_server.app import InsecureConfig, create_app
+    from cloud_server.serving import make_server
     from cloud_server.settings import ServerSettings
 
     given = {
@@ -230,6 +237,7 @@ def serve(
         "host": host,
         "port": port,
         "api_key": api_key,
+        "insecure_no_auth": insecure_no_auth or None,
         "ssl_keyfile": ssl_keyfile,
         "ssl_certfile": ssl_certfile,
         "threads": threads,
@@ -237,17 +245,15 @@ def serve(
     }
     overrides = {key: value for key, value in given.items() if value is not None}
     settings = ServerSettings(**overrides)
-    if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
-        err.print("[yellow]warning:[/] listening beyond loopback without --api-key")
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        ssl_keyfile=settings.ssl_keyfile,
-        ssl_certfile=settings.ssl_certfile,
-        log_level=log_level,
-        ws_max_size=4 * settings.max_frame_bytes,
-    )
+    try:
+        app_ = create_app(settings)
+    except InsecureConfig as exc:
+        _fail(f"{exc} (docs/deploy.md)")
+    if not settings.api_key:
+        err.print(
+            "[bold red]INSECURE:[/] --insecure-no-auth: every route and the websocket are open to anyone"
+        )
+    make_server(app_, settings, log_level=log_level).run()
 
 
 @app.command(

@@ -52,12 +52,14 @@ class ServerProcess:
 
     def start(self, timeout: float = 300.0) -> ServerProcess:
         command = [sys.executable, "-m", "eespec", "serve", "--target", self.target, "--port", str(self.port)]
-        command += ["--api-key", self.api_key, "--threads", str(self.threads), "--log-level", "warning"]
+        command += ["--threads", str(self.threads), "--log-level", "warning"]
         if self.exits is not None:
             command += ["--exits", self.exits]
+        # The key travels in the environment, not on argv (which every user can read in `ps`).
+        env = {**os.environ, "EESPEC_API_KEY": self.api_key}
         core = self.core
         self.process = subprocess.Popen(
-            command, preexec_fn=(lambda: pin_to_core(core)) if core is not None else None
+            command, env=env, preexec_fn=(lambda: pin_to_core(core)) if core is not None else None
         )
         deadline = time.monotonic() + timeout
         while True:

@@ -8,6 +8,7 @@ segments split at the exit layers and call it between segments (hooks do not fir
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from transformers import PreTrainedModel
 from cloud_server.engine.exits import ExitHeads, exit_logits
 from shared.kv import CachedLM
 
+log = logging.getLogger("eespec.engine.early_exit")
 ExitCallback = Callable[[int, torch.Tensor, float], None]
 """(layer, exit logits [keep, V], milliseconds since the forward began)."""
 
@@ -50,6 +52,7 @@ class EarlyExitTarget:
         self.lm_head: nn.Module = model.get_output_embeddings()
         self.heads = heads
         self._active: _ActiveForward | None = None
+        self.exit_failures = 0  # exits whose head or callback raised (their early frames were dropped)
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         if heads is not None:
             bad = [layer for layer in heads.layers if not 1 <= layer < len(self.layers)]
@@ -98,14 +101,21 @@ class EarlyExitTarget:
         active = self._active
         if active is None or layer not in active.layers or self.heads is None:
             return
-        with torch.inference_mode():
-            logits = exit_logits(
-                hidden[0, -active.keep :], self.heads.adapter(layer), self.norm, self.lm_head
-            )
         # Disarm while the callback runs: it may run other forwards (pre-drafting), even on this same model.
         self._active = None
         try:
+            with torch.inference_mode():
+                logits = exit_logits(
+                    hidden[0, -active.keep :], self.heads.adapter(layer), self.norm, self.lm_head
+                )
             active.callback(layer, logits, (time.perf_counter() - active.started) * 1000.0)
+        except Exception:
+            # An early frame is a prediction only: a failing exit drops that frame, never the forward.
+            self.exit_failures += 1
+            if self.exit_failures == 1:  # the first with its traceback; later ones are counted only
+                log.warning(
+                    "the exit after layer %d failed; its early frame is dropped", layer, exc_info=True
+                )
         finally:
             self._active = active
 

@@ -71,18 +71,27 @@ class TargetSession:
         sampling: SamplingParams,
         max_tokens: int,
         stop: Sequence[str] | None = None,
+        generated: int = 0,
     ) -> Started:
-        """Prefill the prompt and produce the target's first token."""
+        """Prefill the prompt and produce the target's first token.
+
+        `generated`: how many trailing prompt ids are output already (a restarted generation); the finish
+        rules (`max_tokens`, stop strings) count them.
+        """
         t0 = time.perf_counter()
         prompt = [int(t) for t in prompt_ids]
         if not prompt:
             raise ProtocolError("bad_frame", "the prompt is empty")
+        if not 0 <= generated < min(len(prompt), max_tokens):
+            raise ProtocolError("bad_frame", "generated must be below the prompt length and max_tokens")
         if len(prompt) > self.limits.max_prompt_tokens:
             raise ProtocolError(
                 "too_large", f"prompt of {len(prompt)} tokens > {self.limits.max_prompt_tokens}"
             )
         if not 1 <= max_tokens <= self.limits.max_tokens:
-            raise ProtocolError("limit_exceeded", f"max_tokens must be in 1..{self.limits.max_tokens}")
+            raise ProtocolError(
+                "limit_exceeded", f"max_tokens must be in 1..{self.limits.max_tokens}", retryable=False
+            )
         self._check_ids(prompt)
         if stop and self.tokenizer is None:
             raise ProtocolError("bad_frame", "stop strings need the server's tokenizer")
@@ -92,9 +101,14 @@ class TargetSession:
         self.stops = StopStrings(self.tokenizer, stop) if stop else None
         self.generator = torch.Generator().manual_seed(sampling.seed)
         self.round = 0
-        self.prompt_len = len(prompt)
-        logits = self.kv_cache.forward(prompt, keep=1)
-        token = pick_token(logits[-1], sampling, self.generator)
+        self.prompt_len = len(prompt) - generated
+        try:
+            logits = self.kv_cache.forward(prompt, keep=1)
+            token = pick_token(logits[-1], sampling, self.generator)
+        except Exception as exc:
+            # No generation in progress (a `start` begins from scratch, so sending it again is safe).
+            self.close()
+            raise ProtocolError("internal", "the prefill failed", retryable=True) from exc
         self.committed = [*prompt, token]
         reason = check_finished(self.generated, max_tokens, self.eos_ids, self.stops)
         self.finished = reason is not None
@@ -120,6 +134,7 @@ class TargetSession:
         proposals = self._check_draft(draft)
         tokens = list(draft.tokens)
         k = len(tokens)
+        rng_state = self.generator.get_state() if self.generator is not None else None
         uniforms = None if self.sampling.greedy else RoundUniforms.draw(self.generator, k)  # type: ignore[arg-type]
         pending = self.kv_cache.sync(self.committed)
 
@@ -137,18 +152,35 @@ class TargetSession:
             )
 
         t_forward = time.perf_counter()
-        logits = self.early_exit.forward(
-            self.kv_cache,
-            [*pending, *tokens],
-            keep=k + 1,
-            on_exit=on_exit if on_early else None,
-            layers=exits,
-        )
-        verify_ms = (time.perf_counter() - t_forward) * 1000.0
-        outcome = verify_window(logits, tokens, self.sampling, proposals, uniforms)
-        result = apply_finish_rules(
-            self.generated, tokens, outcome.accepted, outcome.token, self.max_tokens, self.eos_ids, self.stops
-        )
+        try:
+            logits = self.early_exit.forward(
+                self.kv_cache,
+                [*pending, *tokens],
+                keep=k + 1,
+                on_exit=on_exit if on_early else None,
+                layers=exits,
+            )
+            verify_ms = (time.perf_counter() - t_forward) * 1000.0
+            outcome = verify_window(logits, tokens, self.sampling, proposals, uniforms)
+            result = apply_finish_rules(
+                self.generated,
+                tokens,
+                outcome.accepted,
+                outcome.token,
+                self.max_tokens,
+                self.eos_ids,
+                self.stops,
+            )
+        except BaseException as exc:
+            self._roll_back(rng_state)
+            if not isinstance(exc, Exception):
+                raise
+            raise ProtocolError(
+                "internal",
+                "the verification forward failed; the session is back at its committed tokens",
+                round=draft.round,
+                retryable=True,
+            ) from exc
         self.committed.extend(tokens[: result.accepted])
         if result.token is not None:
             self.committed.append(result.token)
@@ -187,13 +219,28 @@ class TargetSession:
             self.generator.set_state(record.rng_state)
         t0 = time.perf_counter()
         if len(self.committed) > 1 and not self.finished:
-            self.kv_cache.forward(self.committed[:-1], keep=1)
+            try:
+                self.kv_cache.forward(self.committed[:-1], keep=1)
+            except Exception as exc:
+                self.close()
+                raise ProtocolError("internal", "re-prefilling the resumed session failed") from exc
         self.busy_s += time.perf_counter() - t0
 
     def close(self) -> None:
         """Free the KV cache (idempotent)."""
         self.kv_cache.reset()
         self.finished = True
+
+    def _roll_back(self, rng_state: torch.Tensor | None) -> None:
+        """After a failed round: the committed state as it was before the round began.
+
+        `CachedLM.ids` grows only once the model returns while `DynamicCache` grows layer by layer, so a
+        forward that raised leaves the layers misaligned: drop the cache (the next round re-prefills the
+        committed ids) and put the RNG back, so a retry draws the very uniforms this round drew.
+        """
+        self.kv_cache.reset()
+        if rng_state is not None and self.generator is not None:
+            self.generator.set_state(rng_state)
 
     def _confidence(self, row: torch.Tensor, token: int) -> float:
         row = row.detach().cpu()
