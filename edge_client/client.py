@@ -23,7 +23,7 @@ import logging
 import statistics
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -31,11 +31,12 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from edge_client.decoder import GenerationResult
-from edge_client.draft import DraftEngine, DraftWindow
+from edge_client.draft import DraftEngine, DraftGrammar, DraftWindow
 from edge_client.events import EventCallback, StreamEvent
 from edge_client.generation_metrics import GenerationMetrics
 from edge_client.predraft import Hypothesis, Predrafter, PredraftStats
 from edge_client.window import AdaptiveWindow
+from shared.grammar import GrammarSpec, parse_grammar
 from shared.hashing import ids_hash, vocab_hash
 from shared.protocol import (
     MESSAGE_ADAPTER,
@@ -76,6 +77,8 @@ class _Generation:
     max_tokens: int
     stop: list[str] | None
     on_event: EventCallback | None
+    grammar: GrammarSpec | None = None
+    draft_grammar: DraftGrammar | None = None  # the same grammar on the draft: legal proposals only
     committed: list[int] = field(default_factory=list)
     provisional: list[int] = field(default_factory=list)  # unverified tokens shown after `committed`
     session_id: str | None = None
@@ -222,13 +225,18 @@ class EdgeClient:
         sampling: SamplingParams | None = None,
         stop: Sequence[str] | None = None,
         on_event: EventCallback | None = None,
+        grammar: GrammarSpec | Mapping[str, Any] | None = None,
     ) -> GenerationResult:
+        """`grammar` ({"json_schema": {...}} | {"regex": ...} | {"lark": ...}) constrains the output."""
+        spec = parse_grammar(grammar)
         gen = _Generation(
             prompt=list(prompt_ids),
             sampling=sampling or SamplingParams(),
             max_tokens=max_tokens,
             stop=list(stop) if stop else None,
             on_event=on_event,
+            grammar=spec,
+            draft_grammar=self.draft.grammar_for(spec, len(prompt_ids), self.tokenizer),
             committed=list(prompt_ids),
         )
         stats = PredraftStats()
@@ -239,7 +247,7 @@ class EdgeClient:
         if self.windows is None or self.windows.max_window != max_window:
             self.windows = AdaptiveWindow(max_window, fixed=self.window, initial=min(4, max_window))
         windows = self.windows
-        predrafter = Predrafter(self.draft, windows.initial, gen.sampling, stats)
+        predrafter = Predrafter(self.draft, windows.initial, gen.sampling, stats, gen.draft_grammar)
         while not gen.finished:
             try:
                 if self.ws is None:
@@ -279,7 +287,16 @@ class EdgeClient:
         return result
 
     async def _start(self, gen: _Generation, token_ids: list[int], max_tokens: int) -> None:
-        start = Start(token_ids=token_ids, sampling=gen.sampling, max_tokens=max_tokens, stop=gen.stop)
+        start = Start(
+            token_ids=token_ids,
+            sampling=gen.sampling,
+            max_tokens=max_tokens,
+            stop=gen.stop,
+            grammar=gen.grammar.model_dump(exclude_none=True) if gen.grammar is not None else None,
+            # A restart sends the committed tokens as the prompt: those past the prompt were generated
+            # under the grammar already.
+            grammar_consumed=len(token_ids) - len(gen.prompt) if gen.grammar is not None else 0,
+        )
         await self._send(start.model_dump(mode="json", exclude_none=True))
         started = await self._expect(Started, timeout=self.verdict_timeout_s)
         gen.started = True
@@ -298,7 +315,9 @@ class EdgeClient:
         predrafter.k = k
         window, gen.next_window = gen.next_window, None
         if window is None or tuple(window.prefix) != tuple(gen.committed):
-            window = await asyncio.to_thread(self.draft.draft, gen.committed, k, gen.sampling)
+            window = await asyncio.to_thread(
+                self.draft.draft, gen.committed, k, gen.sampling, None, gen.draft_grammar
+            )
             gen.metrics.draft_s += window.draft_s
         k = len(window.tokens)  # a pre-drafted window keeps the size chosen when it was drafted
         gen.windows.append(k)
@@ -490,7 +509,9 @@ class _UnverifiedDrafting:
             if len(gen.provisional) >= client.max_unverified or shown >= gen.max_tokens:
                 return
             prefix = gen.committed + gen.provisional
-            window = await asyncio.to_thread(client.draft.draft, prefix, 1, gen.sampling, self.halt)
+            window = await asyncio.to_thread(
+                client.draft.draft, prefix, 1, gen.sampling, self.halt, gen.draft_grammar
+            )
             if window is None or self.halt.is_set():
                 return
             gen.metrics.draft_s += window.draft_s

@@ -15,6 +15,7 @@ ErrorCode = Literal[
     "session_not_found",
     "limit_exceeded",
     "internal",
+    "bad_grammar",
 ]
 
 RETRYABLE: frozenset[str] = frozenset({"limit_exceeded", "internal"})

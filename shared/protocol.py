@@ -55,6 +55,12 @@ class Start(_Message):
     sampling: SamplingParams = Field(default_factory=SamplingParams)
     max_tokens: int = Field(64, ge=1)
     stop: list[str] | None = None
+    # {"json_schema": {...}} | {"regex": "..."} | {"lark": "..."}; validated by the server (`bad_grammar`),
+    # not here, so a bad grammar is not a `bad_frame`.
+    grammar: dict[str, Any] | None = None
+    # Extension: how many trailing prompt tokens were already generated under `grammar` (an edge that
+    # restarts a lost generation from its committed tokens sends them as the prompt).
+    grammar_consumed: int = Field(0, ge=0)
 
 
 class Started(_Message):

@@ -13,6 +13,14 @@ import torch
 
 from cloud_server.engine.early_exit import EarlyExitTarget
 from shared.errors import ProtocolError
+from shared.grammar import (
+    GrammarCompiler,
+    GrammarMatcher,
+    GrammarSpec,
+    apply_mask,
+    grammar_compiler,
+    parse_grammar,
+)
 from shared.hashing import ids_hash
 from shared.protocol import Draft, Early, Started, Verdict
 from shared.sampling import SamplingParams, SparseProposal, target_probs
@@ -39,6 +47,7 @@ class TargetSession:
         eos_ids: Sequence[int],
         tokenizer=None,
         limits: EngineLimits | None = None,
+        grammars: GrammarCompiler | None = None,
     ) -> None:
         self.early_exit = target
         self.eos_ids = frozenset(int(t) for t in eos_ids)
@@ -56,6 +65,10 @@ class TargetSession:
         self.stops: StopStrings | None = None
         self.generator: torch.Generator | None = None
         self.busy_s = 0.0
+        # Structured output: the grammar of the current generation and its matcher over `generated`.
+        self._grammars = grammars
+        self.grammar_spec: GrammarSpec | None = None
+        self.grammar: GrammarMatcher | None = None
 
     @property
     def generated(self) -> list[int]:
@@ -71,8 +84,14 @@ class TargetSession:
         sampling: SamplingParams,
         max_tokens: int,
         stop: Sequence[str] | None = None,
+        grammar: GrammarSpec | dict | None = None,
+        grammar_consumed: int = 0,
     ) -> Started:
-        """Prefill the prompt and produce the target's first token."""
+        """Prefill the prompt and produce the target's first token.
+
+        With `grammar` every token is chosen from the target's logits masked by it; the last
+        `grammar_consumed` prompt tokens were already generated under it (a restarted generation).
+        """
         t0 = time.perf_counter()
         prompt = [int(t) for t in prompt_ids]
         if not prompt:
@@ -86,6 +105,11 @@ class TargetSession:
         self._check_ids(prompt)
         if stop and self.tokenizer is None:
             raise ProtocolError("bad_frame", "stop strings need the server's tokenizer")
+        if not 0 <= grammar_consumed < len(prompt):
+            raise ProtocolError("bad_frame", "grammar_consumed must be less than the prompt's length")
+        spec = parse_grammar(grammar)  # compiled before any model work: a bad grammar costs no prefill
+        matcher = self._grammar_matcher(spec, prompt[len(prompt) - grammar_consumed :])
+        self.grammar_spec, self.grammar = spec, matcher
         self.kv_cache.reset()
         self.sampling = sampling
         self.max_tokens = max_tokens
@@ -94,7 +118,10 @@ class TargetSession:
         self.round = 0
         self.prompt_len = len(prompt)
         logits = self.kv_cache.forward(prompt, keep=1)
-        token = pick_token(logits[-1], sampling, self.generator)
+        row = logits[-1] if matcher is None else apply_mask(logits[-1], matcher.allowed())
+        token = pick_token(row, sampling, self.generator)
+        if matcher is not None:
+            matcher.commit([token])
         self.committed = [*prompt, token]
         reason = check_finished(self.generated, max_tokens, self.eos_ids, self.stops)
         self.finished = reason is not None
@@ -122,8 +149,12 @@ class TargetSession:
         k = len(tokens)
         uniforms = None if self.sampling.greedy else RoundUniforms.draw(self.generator, k)  # type: ignore[arg-type]
         pending = self.kv_cache.sync(self.committed)
+        # One grammar mask per window row, for the exits and the final layer alike.
+        masks = self.grammar.mask_for_window(tokens) if self.grammar is not None else None
 
         def on_exit(layer: int, logits: torch.Tensor, t_ms: float) -> None:
+            if masks is not None:
+                logits = apply_mask(logits, masks)
             prediction = verify_window(logits, tokens, self.sampling, proposals, uniforms)
             on_early(  # type: ignore[misc]
                 Early(
@@ -145,6 +176,8 @@ class TargetSession:
             layers=exits,
         )
         verify_ms = (time.perf_counter() - t_forward) * 1000.0
+        if masks is not None:
+            logits = apply_mask(logits, masks)
         outcome = verify_window(logits, tokens, self.sampling, proposals, uniforms)
         result = apply_finish_rules(
             self.generated, tokens, outcome.accepted, outcome.token, self.max_tokens, self.eos_ids, self.stops
@@ -152,6 +185,8 @@ class TargetSession:
         self.committed.extend(tokens[: result.accepted])
         if result.token is not None:
             self.committed.append(result.token)
+        if self.grammar is not None:
+            self.grammar.commit(self.committed[len(self.committed) - result.new_tokens_count :])
         self.round = draft.round
         self.finished = result.finished
         self.finish_reason = result.finish_reason
@@ -185,6 +220,8 @@ class TargetSession:
         self.generator = torch.Generator()
         if record.rng_state is not None:
             self.generator.set_state(record.rng_state)
+        self.grammar_spec = record.grammar
+        self.grammar = self._grammar_matcher(record.grammar, self.generated)
         t0 = time.perf_counter()
         if len(self.committed) > 1 and not self.finished:
             self.kv_cache.forward(self.committed[:-1], keep=1)
@@ -194,6 +231,19 @@ class TargetSession:
         """Free the KV cache (idempotent)."""
         self.kv_cache.reset()
         self.finished = True
+
+    def _grammar_matcher(self, spec: GrammarSpec | None, consumed: Sequence[int]) -> GrammarMatcher | None:
+        """A matcher for `spec` that has consumed `consumed` (`bad_grammar` when it cannot)."""
+        if spec is None:
+            return None
+        if self._grammars is None:
+            self._grammars = grammar_compiler(
+                self.tokenizer, vocab_size=self.vocab_size, eos_ids=self.eos_ids
+            )
+        matcher = self._grammars.matcher(spec)
+        if not matcher.sync(consumed):
+            raise ProtocolError("bad_grammar", "the tokens generated so far are outside the grammar")
+        return matcher
 
     def _confidence(self, row: torch.Tensor, token: int) -> float:
         row = row.detach().cpu()
