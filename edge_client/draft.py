@@ -94,9 +94,10 @@ class DraftEngine:
         t0 = time.perf_counter()
         pending = self.kv_cache.sync(prefix)
         logits = self.kv_cache.forward(pending, keep=1)[-1]
-        matcher = grammar.matcher if grammar is not None else None
-        if matcher is not None and not matcher.sync(prefix[grammar.prompt_len :]):
-            matcher = None  # a hypothesis outside the grammar: the target rejects it anyway
+        matcher = None
+        if grammar is not None and grammar.matcher.sync(prefix[grammar.prompt_len :]):
+            # The window is drafted on a copy: the engine's matcher stays at the prefix.
+            matcher = grammar.matcher.fork() if not grammar.matcher.ended else None
         tokens: list[int] = []
         proposals: list[SparseProposal] = []
         for i in range(k):

@@ -127,7 +127,7 @@ class GrammarCompiler:
 
     def matcher(self, spec: GrammarSpec) -> GrammarMatcher:
         """A matcher at the grammar's start; `bad_grammar` when llguidance rejects the grammar."""
-        return GrammarMatcher(self._compiled(spec).deep_copy(), self)
+        return GrammarMatcher(self._compiled(spec), self)
 
     def _compiled(self, spec: GrammarSpec) -> llguidance.LLMatcher:
         key = spec.key
@@ -179,15 +179,21 @@ def grammar_compiler(tokenizer, *, vocab_size: int, eos_ids: Sequence[int]) -> G
 class GrammarMatcher:
     """The grammar state of one generation: the tokens consumed so far (those after the prompt).
 
-    The matcher never consumes a token the grammar forbids (llguidance's error state is final), so every
-    state reached is legal and can be rolled back.
+    The matcher never consumes a token the grammar forbids (llguidance's error state is final). It only
+    moves forward: window masks are computed on a copy (`fork`), and going back (`rollback`, `sync` to a
+    shorter or different prefix) rebuilds it from the compiled grammar. llguidance 1.9's own rollback
+    allowed tokens afterwards that a fresh matcher on the same tokens forbids (seen with a JSON schema
+    after masks had been computed between consumes and rollbacks), and so did consuming EOS and rolling
+    back across it; EOS is therefore kept here only (`ended`), and nothing is legal after it.
     """
 
-    def __init__(self, matcher: llguidance.LLMatcher, compiler: GrammarCompiler) -> None:
-        self._matcher = matcher
+    def __init__(self, prototype: llguidance.LLMatcher, compiler: GrammarCompiler) -> None:
+        self._prototype = prototype
+        self._matcher = prototype.deep_copy()
         self.compiler = compiler
         self.vocab_size = compiler.vocab_size
         self.tokens: list[int] = []
+        self.rebuilds = 0  # how often going back cost a replay of the tokens (a cost figure)
         words = (max(self.vocab_size, compiler.tokenizer_size) + 31) // 32
         self._bitmask = np.zeros((1, words), dtype=np.int32)
 
@@ -197,15 +203,26 @@ class GrammarMatcher:
 
     @property
     def ended(self) -> bool:
-        """EOS was consumed: no token is legal after it."""
+        """EOS was accepted: no token is legal after it."""
         return bool(self.tokens) and self.tokens[-1] in self.eos_ids
 
     def is_complete(self) -> bool:
         """The grammar can end here (EOS is allowed)."""
-        return self._matcher.is_accepting()
+        return self.ended or self._matcher.is_accepting()
+
+    def fork(self) -> GrammarMatcher:
+        """An independent matcher in the same state (cheap: llguidance copies the parser state)."""
+        twin = GrammarMatcher.__new__(GrammarMatcher)
+        twin.__dict__.update(self.__dict__)
+        twin._matcher = self._matcher.deep_copy()
+        twin.tokens = list(self.tokens)
+        twin._bitmask = np.zeros_like(self._bitmask)
+        return twin
 
     def allowed(self) -> torch.Tensor:
         """The tokens allowed next: bool [vocab_size]."""
+        if self.ended:
+            raise ProtocolError("bad_grammar", "nothing may follow EOS")
         llguidance.numpy.fill_next_token_bitmask(self._matcher, self._bitmask)
         bits = np.unpackbits(self._bitmask.view(np.uint8), bitorder="little")
         mask = torch.zeros(self.vocab_size, dtype=torch.bool)
@@ -216,27 +233,22 @@ class GrammarMatcher:
         return mask
 
     def mask_for_window(self, draft_tokens: Sequence[int]) -> torch.Tensor:
-        """Masks for a window's k + 1 rows, bool [k + 1, vocab_size]; the matcher ends where it began.
+        """Masks for a window's k + 1 rows, bool [k + 1, vocab_size]; this matcher does not move.
 
-        Row i is the mask after draft tokens 0..i-1. Rows after a draft token the grammar forbids are all
-        True: verification rejects that token (its masked logit is -inf), so those rows are never read.
+        Row i is the mask after draft tokens 0..i-1. Rows after a draft token the grammar forbids (or
+        after EOS, where the generation ends) are all True: verification rejects that token (its masked
+        logit is -inf) or finishes, so those rows are never read.
         """
         k = len(draft_tokens)
         masks = torch.ones(k + 1, self.vocab_size, dtype=torch.bool)
-        consumed = 0
-        for i in range(k + 1):
-            masks[i] = self.allowed()
-            if i == k:
-                break
+        masks[0] = self.allowed()
+        probe = self.fork() if k else None
+        for i in range(k):
             token = int(draft_tokens[i])
-            legal = 0 <= token < self.vocab_size and bool(masks[i, token])
-            if not legal or not self._matcher.consume_token(token):
+            if not (0 <= token < self.vocab_size and masks[i, token]) or token in self.eos_ids:
                 break
-            consumed += 1
-            if token in self.eos_ids:
-                break  # the generation ends at EOS: the rows after it are never read
-        if consumed:
-            self._rollback_matcher(consumed)
+            probe.commit([token])  # type: ignore[union-attr]
+            masks[i + 1] = probe.allowed()  # type: ignore[union-attr]
         return masks
 
     def commit(self, tokens: Sequence[int]) -> None:
@@ -250,12 +262,20 @@ class GrammarMatcher:
         """Forget the last n committed tokens."""
         if not 0 <= n <= len(self.tokens):
             raise ValueError(f"cannot roll back {n} of {len(self.tokens)} tokens")
-        if n:
-            self._rollback_matcher(n)
-            del self.tokens[len(self.tokens) - n :]
+        if n == 0:
+            return
+        if n == 1 and self.ended:  # an accepted EOS was never fed to llguidance
+            self.tokens.pop()
+            return
+        keep = self.tokens[: len(self.tokens) - n]
+        self._matcher = self._prototype.deep_copy()
+        self.tokens = []
+        self.rebuilds += 1
+        if self._consume_legal(keep) != len(keep):
+            raise RuntimeError("replaying legal tokens failed")
 
     def sync(self, tokens: Sequence[int]) -> bool:
-        """Move to the state after `tokens` (roll back to the common prefix, consume the rest).
+        """Move to the state after `tokens` (back to the common prefix, then forward through the rest).
 
         False when `tokens` leave the grammar; the matcher then stands after their longest legal prefix.
         """
@@ -272,23 +292,22 @@ class GrammarMatcher:
         """Consume the longest legal prefix of `tokens`; returns its length."""
         done = 0
         while done < len(tokens) and not self.ended:
-            legal = self._matcher.validate_tokens(tokens[done:])
-            if legal == 0:
-                # validate_tokens does not count EOS once the grammar has no more bytes to match.
-                if not (tokens[done] in self.eos_ids and self._matcher.is_accepting()):
+            if tokens[done] in self.eos_ids:
+                if not self._matcher.is_accepting():
                     break
-                legal = 1
-            # One at a time: llguidance's consume_tokens refuses EOS where consume_token takes it.
+                self.tokens.append(tokens[done])  # kept here only (see the class docstring)
+                done += 1
+                continue
+            upto = next((i for i in range(done, len(tokens)) if tokens[i] in self.eos_ids), len(tokens))
+            legal = self._matcher.validate_tokens(tokens[done:upto])
+            if legal == 0:
+                break
             for token in tokens[done : done + legal]:
                 if not self._matcher.consume_token(token):
                     raise RuntimeError(f"llguidance refused a validated token: {self._matcher.get_error()}")
                 self.tokens.append(token)
             done += legal
         return done
-
-    def _rollback_matcher(self, n: int) -> None:
-        if not self._matcher.rollback(n):
-            raise RuntimeError(f"llguidance could not roll back {n} tokens: {self._matcher.get_error()}")
 
 
 def apply_mask(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
