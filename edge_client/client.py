@@ -26,7 +26,7 @@ import statistics
 import struct
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -34,11 +34,12 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from edge_client.decoder import GenerationResult
-from edge_client.draft import DraftEngine, DraftWindow
+from edge_client.draft import DraftEngine, DraftGrammar, DraftWindow
 from edge_client.events import EventCallback, StreamEvent
 from edge_client.predraft import Hypothesis, Predrafter, PredraftStats
 from edge_client.rounds import RoundLedger
 from edge_client.window import AdaptiveWindow
+from shared.grammar import GrammarSpec, parse_grammar
 from shared.hashing import ids_hash, vocab_hash
 from shared.protocol import (
     MESSAGE_ADAPTER,
@@ -81,6 +82,8 @@ class _Generation(RoundLedger):
     max_tokens: int
     stop: list[str] | None
     on_event: EventCallback | None
+    grammar: GrammarSpec | None = None
+    draft_grammar: DraftGrammar | None = None  # the same grammar on the draft: legal proposals only
     provisional: list[int] = field(default_factory=list)  # unverified tokens shown after `committed`
     session_id: str | None = None
     started: bool = False
@@ -228,13 +231,18 @@ class EdgeClient:
         sampling: SamplingParams | None = None,
         stop: Sequence[str] | None = None,
         on_event: EventCallback | None = None,
+        grammar: GrammarSpec | Mapping[str, Any] | None = None,
     ) -> GenerationResult:
+        """`grammar` ({"json_schema": {...}} | {"regex": ...} | {"lark": ...}) constrains the output."""
+        spec = parse_grammar(grammar)
         gen = _Generation(
             prompt=list(prompt_ids),
             sampling=sampling or SamplingParams(),
             max_tokens=max_tokens,
             stop=list(stop) if stop else None,
             on_event=on_event,
+            grammar=spec,
+            draft_grammar=self.draft.grammar_for(spec, len(prompt_ids), self.tokenizer),
             committed=list(prompt_ids),
         )
         stats = PredraftStats()
@@ -245,7 +253,7 @@ class EdgeClient:
         if self.windows is None or self.windows.max_window != max_window:
             self.windows = AdaptiveWindow(max_window, fixed=self.window, initial=min(4, max_window))
         windows = self.windows
-        predrafter = Predrafter(self.draft, windows.initial, gen.sampling, stats)
+        predrafter = Predrafter(self.draft, windows.initial, gen.sampling, stats, gen.draft_grammar)
         retries = 0
         try:
             while not gen.finished:
@@ -320,6 +328,7 @@ class EdgeClient:
             max_tokens=max_tokens,
             stop=gen.stop,
             generated=generated,
+            grammar=gen.grammar.model_dump(exclude_none=True) if gen.grammar is not None else None,
         )
         await self._send(start.model_dump(mode="json", exclude_none=True))
         started = await self._expect(Started, timeout=self.verdict_timeout_s)
@@ -335,7 +344,7 @@ class EdgeClient:
         predrafter.k = k
         window, gen.next_window = gen.next_window, None
         if window is None or tuple(window.prefix) != tuple(gen.committed):
-            window = await draft_off_loop(self.draft, gen.committed, k, gen.sampling)
+            window = await draft_off_loop(self.draft, gen.committed, k, gen.sampling, gen.draft_grammar)
             gen.metrics.draft_s += window.draft_s
         k = len(window.tokens)  # a pre-drafted window keeps the size chosen when it was drafted
         gen.windows.append(k)
@@ -522,7 +531,9 @@ class _UnverifiedDrafting:
             if len(gen.provisional) >= client.max_unverified or shown >= gen.max_tokens:
                 return
             prefix = gen.committed + gen.provisional
-            window = await asyncio.to_thread(client.draft.draft, prefix, 1, gen.sampling, self.halt)
+            window = await asyncio.to_thread(
+                client.draft.draft, prefix, 1, gen.sampling, self.halt, gen.draft_grammar
+            )
             if window is None or self.halt.is_set():
                 return
             gen.metrics.draft_s += window.draft_s
@@ -536,12 +547,16 @@ class _UnverifiedDrafting:
 
 
 async def draft_off_loop(
-    engine: DraftEngine, prefix: Sequence[int], k: int, sampling: SamplingParams
+    engine: DraftEngine,
+    prefix: Sequence[int],
+    k: int,
+    sampling: SamplingParams,
+    grammar: DraftGrammar | None = None,
 ) -> DraftWindow:
     """`engine.draft` on a thread; a cancelled caller stops the draft and waits for the thread, so no
     draft outlives the generation that asked for it."""
     cancel = threading.Event()
-    future = asyncio.ensure_future(asyncio.to_thread(engine.draft, prefix, k, sampling, cancel))
+    future = asyncio.ensure_future(asyncio.to_thread(engine.draft, prefix, k, sampling, cancel, grammar))
     try:
         window = await asyncio.shield(future)
     except asyncio.CancelledError:

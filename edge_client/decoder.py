@@ -9,13 +9,14 @@ windows are pure functions of their prefix, and only the verdict commits tokens.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
-from edge_client.draft import DraftEngine, DraftWindow
+from edge_client.draft import DraftEngine, DraftGrammar, DraftWindow
 from edge_client.generation_metrics import GenerationMetrics
 from edge_client.rounds import RoundLedger
+from shared.grammar import GrammarSpec, parse_grammar
 from shared.protocol import Draft, Early, Started, Verdict
 from shared.sampling import SamplingParams
 
@@ -29,6 +30,7 @@ class Verifier(Protocol):
         sampling: SamplingParams,
         max_tokens: int,
         stop: Sequence[str] | None = None,
+        grammar: GrammarSpec | None = None,
     ) -> Started: ...
 
     def verify(self, draft: Draft, on_early: Callable[[Early], None] | None = None) -> Verdict: ...
@@ -60,15 +62,21 @@ class SpeculativeDecoder:
         max_tokens: int,
         sampling: SamplingParams | None = None,
         stop: Sequence[str] | None = None,
+        grammar: GrammarSpec | Mapping[str, Any] | None = None,
     ) -> GenerationResult:
+        """`grammar` ({"json_schema": {...}} | {"regex": ...} | {"lark": ...}) constrains the target; the
+        draft applies it too when its engine has a tokenizer."""
         sampling = sampling or SamplingParams()
         books = RoundLedger(prompt=list(prompt_ids))
         metrics = books.metrics
         t_start = time.perf_counter()
-        books.on_started(self.verifier.start(prompt_ids, sampling, max_tokens, stop))
+        spec = parse_grammar(grammar)
+        extra = {"grammar": spec} if spec is not None else {}
+        books.on_started(self.verifier.start(prompt_ids, sampling, max_tokens, stop, **extra))
+        draft_grammar = self.draft_engine.grammar_for(spec, len(prompt_ids)) if spec is not None else None
         next_window: DraftWindow | None = None
         while not books.finished:
-            window = next_window or self._draft(books.committed, sampling, metrics)
+            window = next_window or self._draft(books.committed, sampling, metrics, draft_grammar)
             message = books.open_round(window)
             predrafts: dict[tuple[int, ...], DraftWindow] = {}
 
@@ -77,7 +85,7 @@ class SpeculativeDecoder:
                     return
                 hypothesis = (*window.prefix, *window.tokens[: early.accepted], early.token)
                 if hypothesis not in predrafts:
-                    predrafts[hypothesis] = self._draft(hypothesis, sampling, metrics)
+                    predrafts[hypothesis] = self._draft(hypothesis, sampling, metrics, draft_grammar)
                     metrics.predraft_started += 1
 
             t_wait = time.perf_counter()
@@ -92,9 +100,13 @@ class SpeculativeDecoder:
         return GenerationResult(token_ids=books.generated, finish_reason=books.finish_reason, metrics=metrics)
 
     def _draft(
-        self, prefix: Sequence[int], sampling: SamplingParams, metrics: GenerationMetrics
+        self,
+        prefix: Sequence[int],
+        sampling: SamplingParams,
+        metrics: GenerationMetrics,
+        grammar: DraftGrammar | None = None,
     ) -> DraftWindow:
-        window = self.draft_engine.draft(prefix, self.window, sampling)
+        window = self.draft_engine.draft(prefix, self.window, sampling, grammar=grammar)
         assert window is not None  # only a cancelled draft is None
         metrics.draft_s += window.draft_s
         return window
