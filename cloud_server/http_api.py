@@ -27,6 +27,7 @@ from cloud_server.engine import AutoregressiveGeneration, LoadedTarget
 from cloud_server.state import ANONYMOUS, ServerState, Slot, SlotsFull
 from cloud_server.ws import chat_prompt_ids, validation_detail
 from shared.errors import ProtocolError
+from shared.grammar import GrammarMatcher, GrammarSpec, grammar_compiler, parse_grammar
 from shared.protocol import StopList, StopString, Text
 from shared.sampling import SamplingParams, Seed, Temperature, TopK, TopP
 from shared.stopping import StopStrings
@@ -45,6 +46,34 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    name: str | None = None
+    json_schema: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's `response_format`: `text`, `json_object` (any JSON object) or `json_schema`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: str
+    json_schema: JsonSchemaFormat | None = None
+
+    def grammar(self) -> GrammarSpec | None:
+        if self.type == "text":
+            return None
+        if self.type == "json_object":
+            return GrammarSpec(json_schema={"type": "object"})
+        if self.type == "json_schema":
+            if self.json_schema is None or self.json_schema.json_schema is None:
+                raise ProtocolError("bad_grammar", "response_format json_schema needs json_schema.schema")
+            return parse_grammar({"json_schema": self.json_schema.json_schema})
+        raise ProtocolError("bad_grammar", f"unsupported response_format type {self.type!r}")
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -57,6 +86,15 @@ class _Body(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=1)
+    response_format: ResponseFormat | None = None
+    grammar: dict[str, Any] | None = None  # our extension: the protocol's `start.grammar`
+
+    def grammar_spec(self) -> GrammarSpec | None:
+        """The grammar the output must follow, from `response_format` or `grammar` (`bad_grammar`)."""
+        from_format = self.response_format.grammar() if self.response_format is not None else None
+        if from_format is not None and self.grammar is not None:
+            raise ProtocolError("bad_grammar", "give response_format or grammar, not both")
+        return from_format if from_format is not None else parse_grammar(self.grammar)
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(
@@ -306,6 +344,11 @@ def _default_max_tokens(state: ServerState, loaded: LoadedTarget, prompt_len: in
     return max(1, limit)
 
 
+def _grammar_matcher(loaded: LoadedTarget, spec: GrammarSpec) -> GrammarMatcher:
+    vocab_size = int(loaded.model.config.vocab_size)
+    return grammar_compiler(loaded.tokenizer, vocab_size=vocab_size, eos_ids=loaded.eos_ids).matcher(spec)
+
+
 class _Run:
     """One request's generation, driven from the event loop with every model call on the worker."""
 
@@ -318,12 +361,13 @@ class _Run:
         max_tokens: int,
         t_request: float,
         slot: Slot,
+        grammar: GrammarMatcher | None = None,
     ) -> None:
         self.state = state
         self.slot = slot
         self.prompt_ids = prompt_ids
         self.stops = body.stops()
-        self.gen = AutoregressiveGeneration(loaded, body.sampling(), max_tokens, self.stops)
+        self.gen = AutoregressiveGeneration(loaded, body.sampling(), max_tokens, self.stops, grammar)
         state.http_generations.add(self.gen)
         self.text = TextStream(loaded.tokenizer, self.stops)
         self.t_request = t_request
@@ -471,11 +515,14 @@ async def _serve(request: Request, *, chat: bool) -> Response:
             max_tokens = _default_max_tokens(state, loaded, len(prompt_ids))
         _check_max_tokens(state, max_tokens)
         owner = request.scope.get("state", {}).get("eespec_owner", ANONYMOUS)
+        spec = body.grammar_spec()
+        # Compiling may take a while for a large grammar: on the worker, before any model work.
+        grammar = await state.worker.run(_grammar_matcher, loaded, spec) if spec is not None else None
         slot = state.acquire_slot(owner)
     except (_HttpError, ProtocolError) as exc:
         return _fail(state, exc)
     try:
-        run = _Run(state, loaded, body, prompt_ids, max_tokens, t_request, slot)
+        run = _Run(state, loaded, body, prompt_ids, max_tokens, t_request, slot, grammar)
     except BaseException:
         slot.release()
         raise

@@ -274,7 +274,13 @@ class Connection:
         prompt = await self._prompt_ids(start)
         self.state.metrics.requests.labels(route="speculate").inc()
         started = await self.state.worker.run(
-            self.session.start, prompt, start.sampling, start.max_tokens, start.stop, start.generated
+            self.session.start,
+            prompt,
+            start.sampling,
+            start.max_tokens,
+            start.stop,
+            start.generated,
+            start.grammar,
         )
         self.state.metrics.prefill_seconds.observe(started.server_ms / 1000.0)
         self.state.metrics.generated_tokens.labels(mode="speculative").inc()

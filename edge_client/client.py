@@ -26,7 +26,7 @@ import statistics
 import struct
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -34,11 +34,12 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from edge_client.decoder import GenerationResult
-from edge_client.draft import DraftEngine, DraftWindow
+from edge_client.draft import DraftEngine, DraftGrammar, DraftWindow
 from edge_client.events import EventCallback, StreamEvent
-from edge_client.generation_metrics import GenerationMetrics
 from edge_client.predraft import Hypothesis, Predrafter, PredraftStats
+from edge_client.rounds import RoundLedger
 from edge_client.window import AdaptiveWindow
+from shared.grammar import GrammarSpec, parse_grammar
 from shared.hashing import ids_hash, vocab_hash
 from shared.protocol import (
     MESSAGE_ADAPTER,
@@ -72,22 +73,21 @@ class LinkLost(Exception):
     """The socket dropped, or the server stayed silent past `verdict_timeout_s`."""
 
 
-@dataclass
-class _Generation:
-    prompt: list[int]
+@dataclass(kw_only=True)
+class _Generation(RoundLedger):
+    """One request's books (`RoundLedger`) plus what the network adds: the stream shown to the caller
+    (verified and unverified tokens, retractions), the session, windows, RTTs and link events."""
+
     sampling: SamplingParams
     max_tokens: int
     stop: list[str] | None
     on_event: EventCallback | None
-    committed: list[int] = field(default_factory=list)
+    grammar: GrammarSpec | None = None
+    draft_grammar: DraftGrammar | None = None  # the same grammar on the draft: legal proposals only
     provisional: list[int] = field(default_factory=list)  # unverified tokens shown after `committed`
     session_id: str | None = None
     started: bool = False
-    finished: bool = False
-    finish_reason: str | None = None
-    round_no: int = 0
     next_window: DraftWindow | None = None  # pre-drafted after the last verdict (a hit)
-    metrics: GenerationMetrics = field(default_factory=GenerationMetrics)
     rtts_ms: list[float] = field(default_factory=list)
     windows: list[int] = field(default_factory=list)
     window_reason: str = ""
@@ -96,10 +96,6 @@ class _Generation:
     unverified_emitted: int = 0
     reconnects: int = 0
     restarts: int = 0
-
-    @property
-    def generated(self) -> list[int]:
-        return self.committed[len(self.prompt) :]
 
     def emit(self, event: StreamEvent) -> None:
         if self.on_event is not None:
@@ -122,10 +118,10 @@ class _Generation:
             self.provisional = shown[matched:]
         if matched < len(new):
             self.emit(StreamEvent.tokens(new[matched:], verified=True))
-        self.committed.extend(new)
+        super().commit(new)
 
     def finish(self, reason: str | None) -> None:
-        self.finished, self.finish_reason = True, reason
+        super().finish(reason)
         if self.provisional:  # shown but never verified: the generation ended before them
             self.emit(StreamEvent.retract(self.provisional))
             self.retracted += len(self.provisional)
@@ -235,13 +231,18 @@ class EdgeClient:
         sampling: SamplingParams | None = None,
         stop: Sequence[str] | None = None,
         on_event: EventCallback | None = None,
+        grammar: GrammarSpec | Mapping[str, Any] | None = None,
     ) -> GenerationResult:
+        """`grammar` ({"json_schema": {...}} | {"regex": ...} | {"lark": ...}) constrains the output."""
+        spec = parse_grammar(grammar)
         gen = _Generation(
             prompt=list(prompt_ids),
             sampling=sampling or SamplingParams(),
             max_tokens=max_tokens,
             stop=list(stop) if stop else None,
             on_event=on_event,
+            grammar=spec,
+            draft_grammar=self.draft.grammar_for(spec, len(prompt_ids), self.tokenizer),
             committed=list(prompt_ids),
         )
         stats = PredraftStats()
@@ -252,7 +253,7 @@ class EdgeClient:
         if self.windows is None or self.windows.max_window != max_window:
             self.windows = AdaptiveWindow(max_window, fixed=self.window, initial=min(4, max_window))
         windows = self.windows
-        predrafter = Predrafter(self.draft, windows.initial, gen.sampling, stats)
+        predrafter = Predrafter(self.draft, windows.initial, gen.sampling, stats, gen.draft_grammar)
         retries = 0
         try:
             while not gen.finished:
@@ -279,7 +280,7 @@ class EdgeClient:
                     if exc.retryable:
                         log.info("retrying after %s (%d/%d)", exc.code, retries, self.max_retries)
                         if gen.started:
-                            gen.round_no -= 1  # the server rolled the round back: send it again
+                            gen.abandon_round(resend=True)  # the server rolled the round back
                         await asyncio.sleep(min(self.backoff_s * 2**retries, self.backoff_max_s))
                     else:
                         log.info("the server ended the generation (%s); restarting", exc.message)
@@ -327,16 +328,13 @@ class EdgeClient:
             max_tokens=max_tokens,
             stop=gen.stop,
             generated=generated,
+            grammar=gen.grammar.model_dump(exclude_none=True) if gen.grammar is not None else None,
         )
         await self._send(start.model_dump(mode="json", exclude_none=True))
         started = await self._expect(Started, timeout=self.verdict_timeout_s)
         gen.started = True
         gen.session_id = self.welcome.session_id if self.welcome else None
-        gen.round_no = 0
-        gen.metrics.server_busy_s += started.server_ms / 1000.0
-        gen.commit([started.first_token])
-        if started.finished:
-            gen.finish(started.finish_reason)
+        gen.on_started(started)
 
     async def _round(self, gen: _Generation, windows: AdaptiveWindow, predrafter: Predrafter) -> None:
         choice = windows.choose()
@@ -346,26 +344,21 @@ class EdgeClient:
         predrafter.k = k
         window, gen.next_window = gen.next_window, None
         if window is None or tuple(window.prefix) != tuple(gen.committed):
-            window = await draft_off_loop(self.draft, gen.committed, k, gen.sampling)
+            window = await draft_off_loop(self.draft, gen.committed, k, gen.sampling, gen.draft_grammar)
             gen.metrics.draft_s += window.draft_s
         k = len(window.tokens)  # a pre-drafted window keeps the size chosen when it was drafted
         gen.windows.append(k)
-        gen.round_no += 1
+        message = gen.open_round(window)
         t_sent = time.perf_counter()
-        await self._send(window.to_message(gen.round_no).model_dump(mode="json", exclude_none=True))
+        await self._send(message.model_dump(mode="json", exclude_none=True))
         if self.preempt and self.optimistic and windows.full_acceptance(k) >= self.optimistic_min:
             guess = Hypothesis((*window.prefix, *window.tokens), "optimistic", rank=0.0, guess_next=True)
             await predrafter.request(guess)
-        verdict, last_early = await self._await_verdict(gen, window, predrafter)
+        verdict = await self._await_verdict(gen, window, predrafter)
         wait_s = time.perf_counter() - t_sent
-        m = gen.metrics
-        m.verify_wait_s += wait_s
+        gen.metrics.verify_wait_s += wait_s
         rtt_ms = max(0.0, wait_s * 1000.0 - verdict.server_ms)
         gen.rtts_ms.append(rtt_ms)
-        m.server_busy_s += verdict.server_ms / 1000.0
-        m.rounds += 1
-        m.drafted += len(window.tokens)
-        m.accepted += verdict.accepted
         windows.observe(
             k,
             verdict.accepted,
@@ -373,20 +366,12 @@ class EdgeClient:
             verdict.verify_ms / 1e3,
             rtt_ms / 1e3,
         )
-        if last_early is not None:
-            m.early_rounds += 1
-            m.early_hits += (last_early.accepted, last_early.token) == (verdict.accepted, verdict.token)
-        new = list(window.tokens[: verdict.accepted]) + ([verdict.token] if verdict.token is not None else [])
-        gen.commit(new)
-        if verdict.finished:
-            gen.finish(verdict.finish_reason)
+        gen.close_round(verdict)
+        if gen.finished:
             return
         gen.next_window = await predrafter.settle(tuple(gen.committed))
 
-    async def _await_verdict(
-        self, gen: _Generation, window: DraftWindow, predrafter: Predrafter
-    ) -> tuple[Verdict, Early | None]:
-        last_early: Early | None = None
+    async def _await_verdict(self, gen: _Generation, window: DraftWindow, predrafter: Predrafter) -> Verdict:
         unverified: _UnverifiedDrafting | None = None
         deadline = time.monotonic() + self.verdict_timeout_s
         try:
@@ -403,16 +388,14 @@ class EdgeClient:
                     await predrafter.stop()
                     unverified = _UnverifiedDrafting(self, gen, list(window.tokens))
                     continue
-                if isinstance(frame, Early) and frame.round == gen.round_no:
-                    gen.metrics.early_predictions += 1
-                    last_early = frame
+                if isinstance(frame, Early) and gen.note_early(frame):
                     if self.preempt and unverified is None:
                         prefix = (*window.prefix, *window.tokens[: frame.accepted], frame.token)
                         # A confident exit outranks the optimistic guess; a deeper exit outranks a shallower.
                         rank = frame.layer if frame.confidence >= self.early_trust else 0.0
                         await predrafter.request(Hypothesis(prefix, f"early@{frame.layer}", rank))
                 elif isinstance(frame, Verdict) and frame.round == gen.round_no:
-                    return frame, last_early
+                    return frame
         finally:
             if unverified is not None:
                 await unverified.stop()
@@ -420,6 +403,7 @@ class EdgeClient:
     async def _recover(self, gen: _Generation) -> None:
         """Reconnect with backoff, then resume the session (or restart from the committed tokens)."""
         await self.close()
+        gen.abandon_round()
         unverified = None
         deadline = time.monotonic() + self.reconnect_timeout_s
         delay = self.backoff_s
@@ -547,7 +531,9 @@ class _UnverifiedDrafting:
             if len(gen.provisional) >= client.max_unverified or shown >= gen.max_tokens:
                 return
             prefix = gen.committed + gen.provisional
-            window = await asyncio.to_thread(client.draft.draft, prefix, 1, gen.sampling, self.halt)
+            window = await asyncio.to_thread(
+                client.draft.draft, prefix, 1, gen.sampling, self.halt, gen.draft_grammar
+            )
             if window is None or self.halt.is_set():
                 return
             gen.metrics.draft_s += window.draft_s
@@ -561,12 +547,16 @@ class _UnverifiedDrafting:
 
 
 async def draft_off_loop(
-    engine: DraftEngine, prefix: Sequence[int], k: int, sampling: SamplingParams
+    engine: DraftEngine,
+    prefix: Sequence[int],
+    k: int,
+    sampling: SamplingParams,
+    grammar: DraftGrammar | None = None,
 ) -> DraftWindow:
     """`engine.draft` on a thread; a cancelled caller stops the draft and waits for the thread, so no
     draft outlives the generation that asked for it."""
     cancel = threading.Event()
-    future = asyncio.ensure_future(asyncio.to_thread(engine.draft, prefix, k, sampling, cancel))
+    future = asyncio.ensure_future(asyncio.to_thread(engine.draft, prefix, k, sampling, cancel, grammar))
     try:
         window = await asyncio.shield(future)
     except asyncio.CancelledError:

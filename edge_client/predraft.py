@@ -12,7 +12,7 @@ import asyncio
 import threading
 from dataclasses import dataclass, field
 
-from edge_client.draft import DraftEngine, DraftWindow
+from edge_client.draft import DraftEngine, DraftGrammar, DraftWindow
 from shared.sampling import SamplingParams
 
 
@@ -36,8 +36,16 @@ class Hypothesis:
 class Predrafter:
     """Runs at most one pre-draft at a time on a worker thread; keeps finished windows by prefix."""
 
-    def __init__(self, engine: DraftEngine, k: int, sampling: SamplingParams, stats: PredraftStats) -> None:
+    def __init__(
+        self,
+        engine: DraftEngine,
+        k: int,
+        sampling: SamplingParams,
+        stats: PredraftStats,
+        grammar: DraftGrammar | None = None,
+    ) -> None:
         self.engine = engine
+        self.grammar = grammar
         self.k = k
         self.sampling = sampling
         self.stats = stats
@@ -72,7 +80,9 @@ class Predrafter:
 
     async def _run(self, hypothesis: Hypothesis, cancel: threading.Event) -> None:
         k = self.k + 1 if hypothesis.guess_next else self.k
-        window = await asyncio.to_thread(self.engine.draft, hypothesis.prefix, k, self.sampling, cancel)
+        window = await asyncio.to_thread(
+            self.engine.draft, hypothesis.prefix, k, self.sampling, cancel, self.grammar
+        )
         if window is not None:
             self.draft_s += window.draft_s
             if hypothesis.guess_next:

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from eespec.defaults import DEFAULT_DRAFT, DEFAULT_EXIT_LAYERS, DEFAULT_TARGET, DEFAULT_WINDOW
+from shared.defaults import DEFAULT_DRAFT, DEFAULT_EXIT_LAYERS, DEFAULT_TARGET, DEFAULT_WINDOW
 
 # Commands import torch and transformers lazily, so `eespec --help` and `eespec netem` start at once.
 

@@ -76,8 +76,11 @@ class Start(_Message):
     max_tokens: int = Field(64, ge=1)
     stop: StopList | None = None
     # Extension: how many trailing `token_ids` are output already (an edge restarting a generation the
-    # server lost); `max_tokens` and stop strings count them.
+    # server lost); `max_tokens` and stop strings count them, and a grammar has seen them.
     generated: int = Field(0, ge=0)
+    # {"json_schema": {...}} | {"regex": "..."} | {"lark": "..."}; validated by the server (`bad_grammar`),
+    # not here, so a bad grammar is not a `bad_frame`.
+    grammar: dict[str, Any] | None = None
 
 
 class Started(_Message):

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+import llguidance
+import llguidance.hf
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from cloud_server.engine.early_exit import EarlyExitTarget
 from cloud_server.engine.exits import ExitHeads
@@ -15,7 +20,13 @@ from edge_client.draft import DraftEngine, DraftWindow
 from shared.sampling import SamplingParams
 
 
-def oracle_greedy(model, prompt: Sequence[int], max_new_tokens: int, eos: int | None = None) -> list[int]:
+def oracle_greedy(
+    model,
+    prompt: Sequence[int],
+    max_new_tokens: int,
+    eos: int | None = None,
+    logits_processor: LogitsProcessorList | None = None,
+) -> list[int]:
     """The target alone: transformers' generate(do_sample=False), generated ids only (EOS included)."""
     ids = torch.tensor([list(prompt)], device=model.device)
     out = model.generate(
@@ -25,6 +36,7 @@ def oracle_greedy(model, prompt: Sequence[int], max_new_tokens: int, eos: int | 
         max_new_tokens=max_new_tokens,
         eos_token_id=eos,
         pad_token_id=eos if eos is not None else 0,
+        logits_processor=logits_processor,
     )
     return out[0, len(prompt) :].tolist()
 
@@ -57,9 +69,9 @@ class PerturbedDraft(DraftEngine):
         self.vocab_size = vocab_size
 
     def draft(
-        self, prefix: Sequence[int], k: int, sampling: SamplingParams, cancel=None
+        self, prefix: Sequence[int], k: int, sampling: SamplingParams, cancel=None, grammar=None
     ) -> DraftWindow | None:
-        window = super().draft(prefix, k, sampling, cancel)
+        window = super().draft(prefix, k, sampling, cancel, grammar)
         if window is None:
             return None
         tokens = tuple(
@@ -78,3 +90,78 @@ def twin(model):
         module._forward_hooks.clear()
         module._forward_pre_hooks.clear()
     return clone
+
+
+# Structured output: a tokenizer llguidance can read, and the oracle's grammar processor.
+
+# Tokens of several characters, so that one text has many tokenisations (as with a real BPE vocabulary).
+MULTI_CHAR_TOKENS = ('{"', '":', '", "', '"}', "true", "false", "null", "\n")
+
+
+def _byte_level(text: str) -> str:
+    """GPT-2's byte-to-unicode map for ASCII: bytes up to the space become U+0100 + byte."""
+    return "".join(chr(256 + ord(c)) if ord(c) <= 32 else c for c in text)
+
+
+def bytelevel_tokenizer(extra_tokens: Sequence[str] = MULTI_CHAR_TOKENS):
+    """A byte-level BPE tokenizer (the kind llguidance reads): 4 specials ("</s>" = 2 is EOS), the 95
+    printable ASCII characters, then `extra_tokens`; no merges, so it encodes character by character."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
+    for token in [*map(chr, range(32, 127)), *extra_tokens]:
+        vocab.setdefault(_byte_level(token), len(vocab))
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+    tokenizer.chat_template = (
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant: {% endif %}"
+    )
+    return tokenizer
+
+
+def llguidance_grammar(grammar: Mapping[str, Any]) -> str:
+    """The llguidance grammar text for a protocol grammar dict, through llguidance's own converter."""
+    ((kind, source),) = grammar.items()
+    return llguidance.grammar_from(kind, json.dumps(source) if kind == "json_schema" else source)
+
+
+class GrammarLogitsProcessor(LogitsProcessor):
+    """The oracle's grammar: at each step of transformers' generate(), ids outside the grammar get -inf.
+
+    Written against llguidance alone (not `shared.grammar`), so the engine is checked against an
+    independent use of the library.
+    """
+
+    def __init__(self, tokenizer, grammar: Mapping[str, Any], prompt_len: int, vocab_size: int, eos: int):
+        ll_tokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size, eos_token=eos)
+        self.matcher = llguidance.LLMatcher(ll_tokenizer, llguidance_grammar(grammar), log_level=0)
+        assert not self.matcher.is_error(), self.matcher.get_error()
+        self.prompt_len = prompt_len
+        self.vocab_size = vocab_size
+        self.consumed = 0
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        generated = input_ids[0, self.prompt_len :].tolist()
+        for token in generated[self.consumed :]:
+            assert self.matcher.consume_token(token), self.matcher.get_error()
+        self.consumed = len(generated)
+        bias = torch.frombuffer(bytearray(self.matcher.compute_logit_bias()), dtype=torch.uint8)
+        allowed = torch.zeros(scores.shape[-1], dtype=torch.bool)
+        allowed[: min(len(bias), scores.shape[-1])] = bias[: scores.shape[-1]] > 0
+        return scores.masked_fill(~allowed.to(scores.device), float("-inf"))
+
+
+def oracle_grammar_greedy(
+    model, tokenizer, grammar: Mapping[str, Any], prompt: Sequence[int], max_new_tokens: int, eos: int = 2
+) -> list[int]:
+    """generate(do_sample=False) with the grammar as a logits processor."""
+    processor = GrammarLogitsProcessor(tokenizer, grammar, len(prompt), model.config.vocab_size, eos)
+    return oracle_greedy(
+        model, prompt, max_new_tokens, eos=eos, logits_processor=LogitsProcessorList([processor])
+    )

@@ -262,7 +262,7 @@ def check_section(figures: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from eespec.defaults import DEFAULT_DRAFT, DEFAULT_TARGET
+    from shared.defaults import DEFAULT_DRAFT, DEFAULT_TARGET
     from shared.models import resolve_model
 
     p = argparse.ArgumentParser(prog="python -m training.card_check", description=__doc__)

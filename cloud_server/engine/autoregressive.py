@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 
 from cloud_server.engine.loading import LoadedTarget
+from shared.grammar import GrammarMatcher, apply_mask
 from shared.kv import CachedLM
 from shared.sampling import SamplingParams
 from shared.stopping import FinishReason, StopStrings, check_finished
@@ -33,6 +34,7 @@ class AutoregressiveGeneration:
         sampling: SamplingParams,
         max_tokens: int,
         stop: Sequence[str] | None = None,
+        grammar: GrammarMatcher | None = None,
     ) -> None:
         if max_tokens < 1:
             raise ValueError("max_tokens must be at least 1")
@@ -43,6 +45,8 @@ class AutoregressiveGeneration:
         self.max_tokens = max_tokens
         self.stops = StopStrings(loaded.tokenizer, stop) if stop else None
         self.generator = None if sampling.greedy else torch.Generator().manual_seed(sampling.seed)
+        # Structured output: each token is chosen from the logits masked by the grammar (a fresh matcher).
+        self.grammar = grammar
         self.prompt_ids: list[int] = []
         self.generated: list[int] = []
         self.finish_reason: FinishReason | None = None
@@ -92,7 +96,11 @@ class AutoregressiveGeneration:
         self._lm = None
 
     def _choose(self, logits_row: torch.Tensor) -> int:
+        if self.grammar is not None:
+            logits_row = apply_mask(logits_row, self.grammar.allowed())
         token = pick_token(logits_row, self.sampling, self.generator)
+        if self.grammar is not None:
+            self.grammar.commit([token])
         self.generated.append(token)
         self.finish_reason = check_finished(self.generated, self.max_tokens, self.eos_ids, self.stops)
         if self.finish_reason is not None:

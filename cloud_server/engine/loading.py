@@ -12,7 +12,7 @@ import torch
 from cloud_server.engine.early_exit import EarlyExitTarget
 from cloud_server.engine.exits import ExitHeads, resolve_exit_heads
 from shared.hashing import vocab_hash
-from shared.models import load_model
+from shared.models import eos_ids_of, load_model
 
 
 @dataclass
@@ -36,16 +36,6 @@ class LoadedTarget:
             vocab_hash=vocab_hash(tokenizer),
             eos_ids=eos_ids_of(model, tokenizer),
         )
-
-
-def eos_ids_of(model, tokenizer) -> list[int]:
-    """EOS ids from the generation config, else the tokenizer's."""
-    eos = model.generation_config.eos_token_id
-    if eos is None:
-        eos = tokenizer.eos_token_id
-    if eos is None:
-        return []
-    return [int(e) for e in eos] if isinstance(eos, list | tuple) else [int(eos)]
 
 
 def load_target(

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from cloud_server.engine.target_session import TargetSession
+from shared.grammar import GrammarSpec
 from shared.sampling import SamplingParams
 
 
@@ -27,6 +28,7 @@ class DetachedRecord:
     stop: list[str] | None
     rng_state: torch.Tensor | None
     expires_at: float
+    grammar: GrammarSpec | None = None
 
 
 @dataclass
@@ -66,6 +68,7 @@ class SessionStore:
             stop=list(session.stops.stops) if session.stops else None,
             rng_state=generator.get_state() if generator is not None else None,
             expires_at=time.monotonic() + self.ttl_s,
+            grammar=session.grammar_spec,
         )
         session.close()
         while len(self.detached) > self.max_detached:  # dicts keep insertion order: oldest first

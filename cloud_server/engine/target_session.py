@@ -13,6 +13,14 @@ import torch
 
 from cloud_server.engine.early_exit import EarlyExitTarget
 from shared.errors import ProtocolError
+from shared.grammar import (
+    GrammarCompiler,
+    GrammarMatcher,
+    GrammarSpec,
+    apply_mask,
+    grammar_compiler,
+    parse_grammar,
+)
 from shared.hashing import ids_hash
 from shared.protocol import Draft, Early, Started, Verdict
 from shared.sampling import SamplingParams, SparseProposal, target_probs
@@ -39,6 +47,7 @@ class TargetSession:
         eos_ids: Sequence[int],
         tokenizer=None,
         limits: EngineLimits | None = None,
+        grammars: GrammarCompiler | None = None,
     ) -> None:
         self.early_exit = target
         self.eos_ids = frozenset(int(t) for t in eos_ids)
@@ -56,6 +65,10 @@ class TargetSession:
         self.stops: StopStrings | None = None
         self.generator: torch.Generator | None = None
         self.busy_s = 0.0
+        # Structured output: the grammar of the current generation and its matcher over `generated`.
+        self._grammars = grammars
+        self.grammar_spec: GrammarSpec | None = None
+        self.grammar: GrammarMatcher | None = None
 
     @property
     def generated(self) -> list[int]:
@@ -72,11 +85,13 @@ class TargetSession:
         max_tokens: int,
         stop: Sequence[str] | None = None,
         generated: int = 0,
+        grammar: GrammarSpec | dict | None = None,
     ) -> Started:
         """Prefill the prompt and produce the target's first token.
 
         `generated`: how many trailing prompt ids are output already (a restarted generation); the finish
-        rules (`max_tokens`, stop strings) count them.
+        rules (`max_tokens`, stop strings) count them, and with `grammar` they were generated under it.
+        With `grammar` every token is chosen from the target's logits masked by it.
         """
         t0 = time.perf_counter()
         prompt = [int(t) for t in prompt_ids]
@@ -95,6 +110,9 @@ class TargetSession:
         self._check_ids(prompt)
         if stop and self.tokenizer is None:
             raise ProtocolError("bad_frame", "stop strings need the server's tokenizer")
+        spec = parse_grammar(grammar)  # compiled before any model work: a bad grammar costs no prefill
+        matcher = self._grammar_matcher(spec, prompt[len(prompt) - generated :])
+        self.grammar_spec, self.grammar = spec, matcher
         self.kv_cache.reset()
         self.sampling = sampling
         self.max_tokens = max_tokens
@@ -104,11 +122,14 @@ class TargetSession:
         self.prompt_len = len(prompt) - generated
         try:
             logits = self.kv_cache.forward(prompt, keep=1)
-            token = pick_token(logits[-1], sampling, self.generator)
+            row = logits[-1] if matcher is None else apply_mask(logits[-1], matcher.allowed())
+            token = pick_token(row, sampling, self.generator)
         except Exception as exc:
             # No generation in progress (a `start` begins from scratch, so sending it again is safe).
             self.close()
             raise ProtocolError("internal", "the prefill failed", retryable=True) from exc
+        if matcher is not None:
+            matcher.commit([token])
         self.committed = [*prompt, token]
         reason = check_finished(self.generated, max_tokens, self.eos_ids, self.stops)
         self.finished = reason is not None
@@ -137,8 +158,12 @@ class TargetSession:
         rng_state = self.generator.get_state() if self.generator is not None else None
         uniforms = None if self.sampling.greedy else RoundUniforms.draw(self.generator, k)  # type: ignore[arg-type]
         pending = self.kv_cache.sync(self.committed)
+        # One grammar mask per window row, for the exits and the final layer alike.
+        masks = self.grammar.mask_for_window(tokens) if self.grammar is not None else None
 
         def on_exit(layer: int, logits: torch.Tensor, t_ms: float) -> None:
+            if masks is not None:
+                logits = apply_mask(logits, masks)
             prediction = verify_window(logits, tokens, self.sampling, proposals, uniforms)
             on_early(  # type: ignore[misc]
                 Early(
@@ -161,6 +186,8 @@ class TargetSession:
                 layers=exits,
             )
             verify_ms = (time.perf_counter() - t_forward) * 1000.0
+            if masks is not None:
+                logits = apply_mask(logits, masks)
             outcome = verify_window(logits, tokens, self.sampling, proposals, uniforms)
             result = apply_finish_rules(
                 self.generated,
@@ -184,6 +211,8 @@ class TargetSession:
         self.committed.extend(tokens[: result.accepted])
         if result.token is not None:
             self.committed.append(result.token)
+        if self.grammar is not None:
+            self.grammar.commit(self.committed[len(self.committed) - result.new_tokens_count :])
         self.round = draft.round
         self.finished = result.finished
         self.finish_reason = result.finish_reason
@@ -217,6 +246,8 @@ class TargetSession:
         self.generator = torch.Generator()
         if record.rng_state is not None:
             self.generator.set_state(record.rng_state)
+        self.grammar_spec = record.grammar
+        self.grammar = self._grammar_matcher(record.grammar, self.generated)
         t0 = time.perf_counter()
         if len(self.committed) > 1 and not self.finished:
             try:
@@ -241,6 +272,19 @@ class TargetSession:
         self.kv_cache.reset()
         if rng_state is not None and self.generator is not None:
             self.generator.set_state(rng_state)
+
+    def _grammar_matcher(self, spec: GrammarSpec | None, consumed: Sequence[int]) -> GrammarMatcher | None:
+        """A matcher for `spec` that has consumed `consumed` (`bad_grammar` when it cannot)."""
+        if spec is None:
+            return None
+        if self._grammars is None:
+            self._grammars = grammar_compiler(
+                self.tokenizer, vocab_size=self.vocab_size, eos_ids=self.eos_ids
+            )
+        matcher = self._grammars.matcher(spec)
+        if not matcher.sync(consumed):
+            raise ProtocolError("bad_grammar", "the tokens generated so far are outside the grammar")
+        return matcher
 
     def _confidence(self, row: torch.Tensor, token: int) -> float:
         row = row.detach().cpu()

@@ -5,6 +5,7 @@ safetensors under ``$EESPEC_HOME/models`` (default ``~/.cache/eespec``). No code
 once a model is there.
 """
 
+from shared.models.eos import eos_ids_of
 from shared.models.errors import ModelError, ModelErrorCode
 from shared.models.pull import pull_model
 from shared.models.registry import KNOWN_MODELS, KnownModel
@@ -17,6 +18,7 @@ __all__ = [
     "ModelError",
     "ModelErrorCode",
     "eespec_home",
+    "eos_ids_of",
     "list_models",
     "load_model",
     "model_dir",

@@ -24,7 +24,7 @@ import torch
 from cloud_server.engine import EarlyExitTarget, ExitHeads, TargetSession, eos_ids_of
 from edge_client.draft import DraftEngine
 from eespec.bench.records import machine_line
-from eespec.defaults import DEFAULT_DRAFT, DEFAULT_TARGET
+from shared.defaults import DEFAULT_DRAFT, DEFAULT_TARGET
 from shared.models import load_model
 from shared.workloads import load_workload
 from training.card_check import speculative_rounds
