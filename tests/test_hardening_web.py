@@ -490,12 +490,12 @@ class CountingDraft(DraftEngine):
         self.running = 0
         self._count_lock = threading.Lock()  # `+=` from several threads would lose updates
 
-    def draft(self, prefix, k, sampling, cancel=None):
+    def draft(self, *args, **kwargs):
         with self._count_lock:
             self.running += 1
         try:
             time.sleep(0.02)
-            return super().draft(prefix, k, sampling, cancel)
+            return super().draft(*args, **kwargs)
         finally:
             with self._count_lock:
                 self.running -= 1
