@@ -24,7 +24,7 @@ from pydantic.json_schema import models_json_schema
 from starlette.types import Receive, Scope, Send
 
 from cloud_server.engine import AutoregressiveGeneration, LoadedTarget
-from cloud_server.state import ANONYMOUS, ServerState, Slot
+from cloud_server.state import ANONYMOUS, ServerState, Slot, SlotsFull
 from cloud_server.ws import chat_prompt_ids, validation_detail
 from shared.errors import ProtocolError
 from shared.grammar import GrammarMatcher, GrammarSpec, grammar_compiler, parse_grammar
@@ -486,8 +486,8 @@ async def chat_completions(request: Request) -> Response:
 def _fail(state: ServerState, exc: _HttpError | ProtocolError) -> JSONResponse:
     if isinstance(exc, ProtocolError):
         status = _STATUS.get(exc.code, 400)
-        if exc.code == "limit_exceeded" and exc.retryable:  # capacity: back off and retry
-            status = 503 if "max_sessions" in exc.message else 429
+        if isinstance(exc, SlotsFull):  # capacity: back off and retry
+            status = 429 if exc.per_key else 503
         exc = _HttpError(status, exc.code, exc.message)
     state.metrics.errors.labels(code=exc.code).inc()
     return error_response(exc.status, exc.code, exc.message)
@@ -518,9 +518,14 @@ async def _serve(request: Request, *, chat: bool) -> Response:
         spec = body.grammar_spec()
         # Compiling may take a while for a large grammar: on the worker, before any model work.
         grammar = await state.worker.run(_grammar_matcher, loaded, spec) if spec is not None else None
-        run = _Run(state, loaded, body, prompt_ids, max_tokens, t_request, state.acquire_slot(owner), grammar)
+        slot = state.acquire_slot(owner)
     except (_HttpError, ProtocolError) as exc:
         return _fail(state, exc)
+    try:
+        run = _Run(state, loaded, body, prompt_ids, max_tokens, t_request, slot, grammar)
+    except BaseException:
+        slot.release()
+        raise
 
     try:
         first = await run.prefill()

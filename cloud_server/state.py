@@ -15,6 +15,14 @@ from shared.errors import ProtocolError
 ANONYMOUS = "anonymous"  # the owner of every slot when the server runs with --insecure-no-auth
 
 
+class SlotsFull(ProtocolError):
+    """`limit_exceeded` for capacity: the server's slots (HTTP 503) or one key's share (HTTP 429)."""
+
+    def __init__(self, message: str, *, per_key: bool) -> None:
+        super().__init__("limit_exceeded", message, retryable=True)
+        self.per_key = per_key
+
+
 def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     """The token of the one `Authorization: Bearer TOKEN` header; None when absent or ambiguous.
 
@@ -102,10 +110,10 @@ class ServerState:
         if self.draining:
             raise ProtocolError("limit_exceeded", "the server is shutting down", retryable=False)
         if len(self.slots) >= settings.max_sessions:
-            raise ProtocolError("limit_exceeded", f"server at max_sessions ({settings.max_sessions})")
+            raise SlotsFull(f"server at max_sessions ({settings.max_sessions})", per_key=False)
         if sum(slot.owner == owner for slot in self.slots) >= settings.per_key_limit:
-            raise ProtocolError(
-                "limit_exceeded", f"this API key holds its limit of {settings.per_key_limit} sessions"
+            raise SlotsFull(
+                f"this API key holds its limit of {settings.per_key_limit} sessions", per_key=True
             )
         slot = Slot(owner, self)
         self.slots.add(slot)

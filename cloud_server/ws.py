@@ -55,9 +55,13 @@ async def speculate(websocket: WebSocket) -> None:
     state: ServerState = websocket.app.state.eespec
     if not state.ready or state.draining:
         # 503, not the 403 a plain close-before-accept gives: the client must retry, not give up.
-        message = "the model is loading" if not state.ready else "the server is shutting down"
+        code, message = (
+            ("loading", "the model is loading")
+            if not state.ready
+            else ("shutting_down", "the server is shutting down")
+        )
         await websocket.send_denial_response(
-            JSONResponse({"error": {"code": "unavailable", "message": message}}, status_code=503)
+            JSONResponse({"error": {"code": code, "message": message}}, status_code=503)
         )
         return
     owner = websocket.scope.get("state", {}).get("eespec_owner", ANONYMOUS)

@@ -543,7 +543,7 @@ class _UnverifiedDrafting:
 
     async def stop(self) -> None:
         self.halt.set()
-        await self.task
+        await asyncio.shield(self.task)  # a cancelled caller must not cancel the task under its thread
 
 
 async def draft_off_loop(

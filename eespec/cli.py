@@ -92,10 +92,14 @@ def generate(
     chat: Annotated[bool, typer.Option(help="Wrap the prompt in the chat template.")] = False,
     window: Annotated[int, typer.Option(min=1, max=16, help="Draft tokens per round.")] = DEFAULT_WINDOW,
     exits: Annotated[
-        str, typer.Option(help="Exit layers, e.g. 15,20; the shipped trained heads where they exist.")
-    ] = ",".join(map(str, DEFAULT_EXIT_LAYERS)),
+        str | None,
+        typer.Option(
+            help="Exit layers, e.g. 15,20 (default 24); the shipped trained heads where they exist. With "
+            "--server: the subset of the server's exits to receive early frames from."
+        ),
+    ] = None,
     exits_dir: Annotated[
-        str | None, typer.Option(help="Trained exit heads (exits.json + safetensors).")
+        str | None, typer.Option(help="With --local: trained exit heads (exits.json + safetensors).")
     ] = None,
     preempt: Annotated[bool, typer.Option(help="Pre-draft on early-exit predictions.")] = True,
     api_key: Annotated[
@@ -119,6 +123,10 @@ def generate(
         _fail("give exactly one of --local and --server URL")
     if fallback not in ("wait", "continue"):
         _fail("--fallback is 'wait' or 'continue'")
+    if server and (exits_dir is not None or target != DEFAULT_TARGET):
+        # The server runs the target and exit heads it was started with; ignoring these would mislead.
+        _fail("--target and --exits-dir apply to --local only (the server serves its own target and heads)")
+    exit_layers = _parse_layers(exits) if exits is not None else tuple(DEFAULT_EXIT_LAYERS)
     _quiet_transformers()
     from edge_client.client import EdgeError
     from shared.models import ModelError
@@ -134,7 +142,7 @@ def generate(
             pipeline = LocalPipeline.load(
                 target,
                 draft,
-                exit_layers=_parse_layers(exits),
+                exit_layers=exit_layers,
                 exits_dir=exits_dir,
                 window=window,
                 preempt=preempt,
@@ -161,6 +169,7 @@ def generate(
                 adaptive=adaptive,
                 fallback=fallback,
                 threads=threads,
+                exits=list(exit_layers) if exits is not None else None,
             )
     except (ModelError, ValueError) as exc:
         _fail(str(exc))

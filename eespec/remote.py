@@ -32,6 +32,7 @@ def generate_remote(
     adaptive: bool = False,
     fallback: str = "wait",
     threads: int | None = None,
+    exits: Sequence[int] | None = None,
 ) -> tuple[GenerationResult, str, list[int]]:
     if threads:
         torch.set_num_threads(threads)
@@ -49,6 +50,7 @@ def generate_remote(
             preempt=preempt,
             optimistic=optimistic,
             fallback="continue" if fallback == "continue" else "wait",
+            exits=exits,  # None: every exit the server runs
         )
         async with client:
             return await client.generate(prompt_ids, max_tokens=max_tokens, sampling=sampling, stop=stop)

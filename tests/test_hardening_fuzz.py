@@ -40,7 +40,7 @@ settings.register_profile(
     "fuzz-fast", max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None
 )
 settings.register_profile(
-    "fuzz-slow", max_examples=1400, deadline=None, suppress_health_check=list(HealthCheck), database=None
+    "fuzz-slow", max_examples=2400, deadline=None, suppress_health_check=list(HealthCheck), database=None
 )
 
 

@@ -15,7 +15,7 @@ from tests.servers import running_server, tiny_loaded
 KEY = "schema-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 STABLE_CODES = {"bad_frame", "too_large", "limit_exceeded", "unauthorized", "shutting_down"}
-STABLE_CODES |= {"not_found", "method_not_allowed"}
+STABLE_CODES |= {"bad_grammar", "bad_image", "not_found", "method_not_allowed"}
 
 
 @pytest.fixture(scope="module")

@@ -325,6 +325,19 @@ def test_silent_sockets_are_closed_and_free_their_slots(server, ws_url):
     assert wait_for(lambda: gauges(server)["eespec_active_sessions"] == 0)
 
 
+def test_an_edge_client_closed_for_idling_reconnects_on_its_next_generation(server, target, tok):
+    ids = tok("Hi robot").input_ids
+
+    async def idle_then_generate():
+        async with EdgeClient(server, DraftEngine(twin(target)), tokenizer=tok, api_key=KEY) as client:
+            await asyncio.sleep(2.5)  # past idle_timeout_s: the server closed the socket (1001)
+            return await client.generate(ids, max_tokens=12)
+
+    result = asyncio.run(idle_then_generate())
+    assert result.token_ids == oracle_greedy(target, ids, 12, eos=EOS)
+    assert result.extra["reconnects"] == 1
+
+
 def test_per_key_and_server_wide_limits_cover_websockets_and_http(server, ws_url):
     with contextlib.ExitStack() as stack:
 
@@ -475,14 +488,17 @@ class CountingDraft(DraftEngine):
     def __init__(self, model) -> None:
         super().__init__(model)
         self.running = 0
+        self._count_lock = threading.Lock()  # `+=` from several threads would lose updates
 
-    def draft(self, prefix, k, sampling, cancel=None):
-        self.running += 1
+    def draft(self, *args, **kwargs):
+        with self._count_lock:
+            self.running += 1
         try:
             time.sleep(0.02)
-            return super().draft(prefix, k, sampling, cancel)
+            return super().draft(*args, **kwargs)
         finally:
-            self.running -= 1
+            with self._count_lock:
+                self.running -= 1
 
 
 def test_the_edge_leaves_no_draft_running_after_an_error_or_a_cancellation(server, target, tok, fault):
@@ -637,3 +653,17 @@ def test_streamed_text_equals_the_whole_decode(server, target, tok):
     text = "".join(json.loads(e)["choices"][0]["text"] for e in events[:-1])
     ids = oracle_greedy(target, tok("The robot").input_ids, 40, eos=EOS)
     assert text == whole == tok.decode(ids, skip_special_tokens=True)
+
+
+# -- defect 9: `generate --server` no longer ignores options it cannot honour -------------------------------
+
+
+@pytest.mark.parametrize("extra", [["--exits-dir", "/tmp/heads"], ["--target", "some-other-model"]])
+def test_generate_against_a_server_refuses_local_only_options(extra):
+    from typer.testing import CliRunner
+
+    from eespec.cli import app
+
+    result = CliRunner().invoke(app, ["generate", "--server", "ws://127.0.0.1:1", "--prompt", "x", *extra])
+    assert result.exit_code == 2
+    assert "--local only" in result.output
