@@ -16,7 +16,9 @@ MAX_ACTIONS = 8
 MAX_DURATION_S = 5.0
 
 _STRICT = ConfigDict(extra="forbid", frozen=True, strict=True)
-Number = Annotated[float, Field(allow_inf_nan=False)]  # strict: a JSON int is a number, a string or bool is not
+Number = Annotated[
+    float, Field(allow_inf_nan=False)
+]  # strict: a JSON int is a number, a string or bool is not
 
 
 class Move(BaseModel):

@@ -82,9 +82,7 @@ class RobotDaemon:
         self.clock = clock
         self.metrics = RobotMetrics()
         self.tick_s = 1.0 / self.config.tick_hz
-        self.gate = SafetyGate(
-            self._safety_event, link_policy=self.config.link_policy, tick_s=self.tick_s
-        )
+        self.gate = SafetyGate(self._safety_event, link_policy=self.config.link_policy, tick_s=self.tick_s)
         # `--planner edge-only`: the draft's own plans drive, unverified, under halved limits.
         self.gate.unverified_allowed = unverified_allowed
         self.executor = Executor(self._safety_event)
@@ -223,7 +221,9 @@ class RobotDaemon:
         self.last_decision = decision
         self._act(decision)
         link = "up" if self.gate.link_up else "down"
-        self.log.tick(now, state.pose, decision.twist, decision.source, decision.verified, decision.safety, link)
+        self.log.tick(
+            now, state.pose, decision.twist, decision.source, decision.verified, decision.safety, link
+        )
         self._check_end(now, state)
         self._publish(now, state, decision, proposal is not None)
 
@@ -366,7 +366,9 @@ class RobotDaemon:
             if not link_up and self.config.link_policy == "edge-only" and self.fallback_planner is not None:
                 if self._fallback_task is None or self._fallback_task.done():
                     if self._needs_plan():
-                        self._fallback_task = asyncio.create_task(self._plan_once(self.fallback_planner, False))
+                        self._fallback_task = asyncio.create_task(
+                            self._plan_once(self.fallback_planner, False)
+                        )
                 continue
             if not link_up or (self._plan_task is not None and not self._plan_task.done()):
                 continue
@@ -416,7 +418,9 @@ class RobotDaemon:
         ms = (time.perf_counter() - t) * 1000.0
         await asyncio.sleep(0)  # let actions emitted from a worker thread land first
         if stats.rejected:
-            self._safety_event("plan_rejected", {"plan": plan_id, "error": stats.rejected, "text": stats.text[:300]})
+            self._safety_event(
+                "plan_rejected", {"plan": plan_id, "error": stats.rejected, "text": stats.text[:300]}
+            )
         self.last_plan_ms = round(ms, 2)
         self.plan_ms.append(ms)
         self.metrics.plans.labels(mode=planner.mode).inc()

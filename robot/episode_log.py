@@ -20,7 +20,10 @@ except ImportError:  # pragma: no cover - mcap is a default dependency
 COMPRESSED_IMAGE_SCHEMA = {  # foxglove.CompressedImage, JSON encoding (data is base64)
     "type": "object",
     "properties": {
-        "timestamp": {"type": "object", "properties": {"sec": {"type": "integer"}, "nsec": {"type": "integer"}}},
+        "timestamp": {
+            "type": "object",
+            "properties": {"sec": {"type": "integer"}, "nsec": {"type": "integer"}},
+        },
         "frame_id": {"type": "string"},
         "format": {"type": "string"},
         "data": {"type": "string", "contentEncoding": "base64"},
@@ -62,18 +65,24 @@ class EpisodeLog:
         writer = McapWriter(self._mcap_file)
         writer.start(profile="", library="eespec-robot")
         schema = writer.register_schema(
-            name="foxglove.CompressedImage", encoding="jsonschema", data=json.dumps(COMPRESSED_IMAGE_SCHEMA).encode()
+            name="foxglove.CompressedImage",
+            encoding="jsonschema",
+            data=json.dumps(COMPRESSED_IMAGE_SCHEMA).encode(),
         )
-        self._camera_channel = writer.register_channel(topic="/camera/head", message_encoding="json", schema_id=schema)
-        tick_schema = writer.register_schema(name="eespec.robot.Tick", encoding="jsonschema", data=b'{"type":"object"}')
-        self._tick_channel = writer.register_channel(topic="/robot/tick", message_encoding="json", schema_id=tick_schema)
+        self._camera_channel = writer.register_channel(
+            topic="/camera/head", message_encoding="json", schema_id=schema
+        )
+        tick_schema = writer.register_schema(
+            name="eespec.robot.Tick", encoding="jsonschema", data=b'{"type":"object"}'
+        )
+        self._tick_channel = writer.register_channel(
+            topic="/robot/tick", message_encoding="json", schema_id=tick_schema
+        )
         self._mcap = writer
 
     # --- records -------------------------------------------------------------------------------------
 
-    def tick(
-        self, t: float, pose, cmd, source: str, verified: bool, safety: str, link: str
-    ) -> None:
+    def tick(self, t: float, pose, cmd, source: str, verified: bool, safety: str, link: str) -> None:
         rec = {
             "kind": "tick",
             "t": _r(t),
@@ -88,7 +97,9 @@ class EpisodeLog:
         if self._mcap is not None:
             ns = int(t * 1e9)
             with self._lock:
-                self._mcap.add_message(self._tick_channel, log_time=ns, publish_time=ns, data=json.dumps(rec).encode())
+                self._mcap.add_message(
+                    self._tick_channel, log_time=ns, publish_time=ns, data=json.dumps(rec).encode()
+                )
 
     def plan(
         self,
@@ -128,7 +139,9 @@ class EpisodeLog:
             "data": base64.b64encode(jpeg_bytes(rgb)).decode(),
         }
         with self._lock:
-            self._mcap.add_message(self._camera_channel, log_time=ns, publish_time=ns, data=json.dumps(msg).encode())
+            self._mcap.add_message(
+                self._camera_channel, log_time=ns, publish_time=ns, data=json.dumps(msg).encode()
+            )
 
     def write_task(self, task_file: dict[str, Any]) -> None:
         if self.dir is not None:

@@ -93,7 +93,9 @@ class Executor:
         while self.queue:
             item = self.queue.popleft()
             if now > item.deadline:
-                self._on_drop("stale_action_dropped", {"plan": item.plan_id, "late_s": round(now - item.deadline, 3)})
+                self._on_drop(
+                    "stale_action_dropped", {"plan": item.plan_id, "late_s": round(now - item.deadline, 3)}
+                )
                 continue
             a = item.action
             if isinstance(a, StandUp | StandDown | Done):

@@ -37,7 +37,9 @@ def distance_to_surface(
     return max(math.hypot(x - cx, y - cy) - float(size), 0.0)  # type: ignore[arg-type]
 
 
-def ray_distance(bodies: Sequence, x: float, y: float, heading: float, max_range: float, step: float = 0.05) -> float:
+def ray_distance(
+    bodies: Sequence, x: float, y: float, heading: float, max_range: float, step: float = 0.05
+) -> float:
     """How far a disc of the robot's radius travels along `heading` before touching a body (≤ max_range)."""
     c, s = math.cos(heading), math.sin(heading)
     d = 0.0

@@ -17,7 +17,9 @@ class HttpHealthPing:
     """GET /health on the cloud server; anything but a 200 within the timeout is a failed ping."""
 
     def __init__(self, server_url: str, timeout_s: float = 0.25) -> None:
-        self.url = server_url.rstrip("/").replace("ws://", "http://").replace("wss://", "https://") + "/health"
+        self.url = (
+            server_url.rstrip("/").replace("ws://", "http://").replace("wss://", "https://") + "/health"
+        )
         self._client = httpx.AsyncClient(timeout=timeout_s)
 
     async def __call__(self) -> None:

@@ -10,7 +10,9 @@ class RobotMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.ticks = Counter("robot_ticks", "Control ticks run", registry=r)
-        self.command = Gauge("robot_command", "Commanded velocity after the safety gate", ["axis"], registry=r)
+        self.command = Gauge(
+            "robot_command", "Commanded velocity after the safety gate", ["axis"], registry=r
+        )
         self.velocity = Gauge("robot_velocity", "Measured body velocity", ["axis"], registry=r)
         self.queue_len = Gauge("robot_queue_len", "Actions queued or running", registry=r)
         self.estop = Gauge("robot_estop", "1 while the e-stop is latched", registry=r)

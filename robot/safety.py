@@ -169,7 +169,9 @@ class SafetyGate:
         clamped = (_clamp(twist[0], lim.vx), _clamp(twist[1], lim.vy), _clamp(twist[2], lim.vyaw))
         dt = self.tick_s if self._last_t is None else max(0.0, min(now - self._last_t, 0.2))
         steps = (lim.ax * dt, lim.ay * dt, lim.ayaw * dt)
-        return tuple(_grow(last, want, step) for last, want, step in zip(self._last, clamped, steps, strict=True))  # type: ignore[return-value]
+        return tuple(
+            _grow(last, want, step) for last, want, step in zip(self._last, clamped, steps, strict=True)
+        )  # type: ignore[return-value]
 
     def _event(self, name: str, detail: dict) -> None:
         self._events(name, detail)

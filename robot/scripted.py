@@ -34,13 +34,15 @@ class _Goal:
 class ScriptedPlanner:
     mode = "scripted"
 
-    def __init__(self, task: Task) -> None:
+    def __init__(self, task: Task, *, verified: bool = True) -> None:
         self.task = task
+        # verified=False stands in for a draft's own plans (the edge-only fallback in tests).
+        self.verified = verified
         self._grid = _Grid(task)
 
     async def plan(self, obs: Observation, emit: Emit) -> PlanStats:
         for action in self.next_actions(obs):
-            emit(action, True)
+            emit(action, self.verified)
         return PlanStats()
 
     def next_actions(self, obs: Observation) -> list:

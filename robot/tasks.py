@@ -211,6 +211,22 @@ def holds(condition: Condition, task: Task, x: float, y: float, yaw: float) -> b
     return all(holds(c, task, x, y, yaw) for c in condition.all)
 
 
+def perturbed_start(task: Task, seed: int) -> Task:
+    """Seed 0: the task as written; seed N > 0: the start moved by up to 0.2 m and turned by up to 15°
+    (deterministic in N), for running a task several times."""
+    if seed == 0:
+        return task
+    import random
+
+    rng = random.Random(seed)
+    start = Start(
+        x=task.start.x + rng.uniform(-0.2, 0.2),
+        y=task.start.y + rng.uniform(-0.2, 0.2),
+        yaw_deg=task.start.yaw_deg + rng.uniform(-15, 15),
+    )
+    return task.model_copy(update={"start": start})
+
+
 def load_task(source: str | Path) -> Task:
     """A shipped task by name, or any task file by path."""
     path = Path(source)

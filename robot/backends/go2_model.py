@@ -172,8 +172,10 @@ class Go2Motion:
     def height(self) -> float:
         if self.posture == "standing":
             return self.p.standing_height_m
-        return self.p.lying_height_m if self.posture in ("lying", "damped", "fallen") else (
-            (self.p.standing_height_m + self.p.lying_height_m) / 2
+        return (
+            self.p.lying_height_m
+            if self.posture in ("lying", "damped", "fallen")
+            else ((self.p.standing_height_m + self.p.lying_height_m) / 2)
         )
 
     def _halt(self) -> None:
