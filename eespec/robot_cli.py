@@ -473,7 +473,8 @@ def bench(
                 rows[mode].append(s)
                 typer.echo(
                     f"{mode:10s} {name:26s} seed {seed}: success={s['success']} ttg={s['time_to_goal_s']} "
-                    f"plans={s['plans']} plan_ms_median={s['plan_ms_median']} ({time.monotonic() - t0:.0f} s)",
+                    f"plans={s['plans']} plan_ms_median={s['plan_ms_median']} "
+                    f"({time.monotonic() - t0:.0f} s)",
                     err=True,
                 )
     table = _bench_table(rows)
@@ -484,7 +485,8 @@ def bench(
 
 def _bench_table(rows: dict[str, list[dict[str, Any]]]) -> str:
     lines = [
-        "| planner | episodes | success rate | time to goal, median (min–max) s | plan ms, median | plans/episode | collisions |",
+        "| planner | episodes | success rate | time to goal, median (min–max) s | plan ms, median "
+        "| plans/episode | collisions |",
         "|---|---|---|---|---|---|---|",
     ]
     for mode, eps in rows.items():

@@ -364,11 +364,9 @@ class RobotDaemon:
                 continue
             link_up = self.gate.link_up
             if not link_up and self.config.link_policy == "edge-only" and self.fallback_planner is not None:
-                if self._fallback_task is None or self._fallback_task.done():
-                    if self._needs_plan():
-                        self._fallback_task = asyncio.create_task(
-                            self._plan_once(self.fallback_planner, False)
-                        )
+                idle = self._fallback_task is None or self._fallback_task.done()
+                if idle and self._needs_plan():
+                    self._fallback_task = asyncio.create_task(self._plan_once(self.fallback_planner, False))
                 continue
             if not link_up or (self._plan_task is not None and not self._plan_task.done()):
                 continue

@@ -32,7 +32,7 @@ class Code(IntEnum):
 @dataclass(frozen=True)
 class RobotState:
     """What the robot reports: pose in the world frame (x forward from the start, y left, yaw in rad),
-    body-frame velocity (vx, vy m/s, vyaw rad/s), posture, mode, error code and the stamp (backend clock, s)."""
+    body-frame velocity (vx, vy m/s, vyaw rad/s), posture, mode, error code, stamp (backend clock, s)."""
 
     x: float
     y: float

@@ -40,15 +40,17 @@ def summarize(dirs: list[str | Path]) -> list[dict[str, Any]]:
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| episode | task | planner | success | time to goal (s) | collisions | plans | plan ms (median, by mode) | safety events |",
+        "| episode | task | planner | success | time to goal (s) | collisions | plans "
+        "| plan ms (median, by mode) | safety events |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ttg = "—" if r["time_to_goal_s"] is None else f"{r['time_to_goal_s']:.1f}"
         modes = ", ".join(f"{m}: {v}" for m, v in r["plan_ms_median_by_mode"].items()) or "—"
         events = ", ".join(f"{k} ×{v}" for k, v in sorted(r["safety_events"].items())) or "none"
+        ok = "yes" if r["success"] else "no"
         lines.append(
-            f"| {Path(r['dir']).name} | {r['task']} | {r['planner']} | {'yes' if r['success'] else 'no'} | {ttg} "
+            f"| {Path(r['dir']).name} | {r['task']} | {r['planner']} | {ok} | {ttg} "
             f"| {r['collisions']} | {r['plans']} | {modes} | {events} |"
         )
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""`oracle` perception: the simulator's ground truth, turned into the scene description a camera model gives."""
+"""`oracle` perception: the simulator's ground truth as the scene description a camera model gives."""
 
 from __future__ import annotations
 
