@@ -13,6 +13,7 @@ from robot.interface import CameraFrame, Clock, Code, RobotState, monotonic
 from robot.tasks import COLOR_RGB, Task
 
 STEP_S = 0.005  # pose integration step
+COLLISION_GAP_S = 0.5  # contacts closer together than this are one collision
 CAMERA_HFOV = math.radians(90)
 
 
@@ -30,7 +31,7 @@ class FakeRobot:
         self.x, self.y = (start.x, start.y) if start else (0.0, 0.0)
         self.yaw = start.yaw if start else 0.0
         self.collisions = 0
-        self._in_contact = False
+        self._last_contact = -math.inf
         self._t = clock()
         self._lock = threading.Lock()
         self._closed = False
@@ -116,11 +117,10 @@ class FakeRobot:
             ny = self.y + (s * vx + c * vy) * dt
             if self._blocked(nx, ny):
                 self.motion.blocked()
-                if not self._in_contact:
+                if t - self._last_contact > COLLISION_GAP_S:
                     self.collisions += 1
-                self._in_contact = True
+                self._last_contact = t
             else:
-                self._in_contact = False
                 self.x, self.y = nx, ny
             self.yaw = math.atan2(math.sin(self.yaw + vyaw * dt), math.cos(self.yaw + vyaw * dt))
         self.motion.advance(now)
