@@ -1,4 +1,4 @@
-"""The `sim` backend: MuJoCo, headless (`MUJOCO_GL=egl`, `osmesa` as fallback), a scene built from a task file.
+"""The `sim` backend: MuJoCo, headless (`MUJOCO_GL=egl`, `osmesa` as fallback), the scene from a task file.
 
 One thread owns the model, the data and the renderer; every call is a message to it. The base is
 kinematic: the commanded twist (through the Go2 behaviour model: posture, readiness, clamps, slew, Move
@@ -34,7 +34,7 @@ COLLISION_GAP_S = 0.5
 
 
 def select_gl() -> str:
-    """EGL when libEGL is present, else OSMesa; must run before mujoco is imported (the user's choice wins)."""
+    """EGL when libEGL is present, else OSMesa; runs before mujoco is imported (the user's choice wins)."""
     if "MUJOCO_GL" not in os.environ:
         os.environ["MUJOCO_GL"] = "egl" if ctypes.util.find_library("EGL") else "osmesa"
     os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
@@ -56,7 +56,10 @@ def _geom(body: Body, name: str, rgba: str, collide: bool) -> str:
             f'<geom name="{name}" type="cylinder" size="{body.size} {z}" pos="{body.x} {body.y} {z}" '
             f'rgba="{rgba}" {flags}/>'
         )
-    return f'<geom name="{name}" type="sphere" size="{body.size}" pos="{body.x} {body.y} {z}" rgba="{rgba}" {flags}/>'
+    return (
+        f'<geom name="{name}" type="sphere" size="{body.size}" pos="{body.x} {body.y} {z}" '
+        f'rgba="{rgba}" {flags}/>'
+    )
 
 
 def scene_xml(task: Task, standing_height: float) -> str:
