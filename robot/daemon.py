@@ -382,6 +382,7 @@ class RobotDaemon:
         self._plan_id += 1
         plan_id = self._plan_id
         obs_t = self.now()
+        queue_s = self.executor.remaining_s(obs_t)  # what is left to run while this plan is made
         self._plan_obs_t[plan_id] = obs_t
         obs = Observation(obs_t, self.task.instruction, self.state, self.scene)
         queued = 0
@@ -433,6 +434,7 @@ class RobotDaemon:
             stats.predraft_hits,
             plan=plan_id,
             obs_t=round(obs_t, 4),
+            queue_s=round(queue_s, 4),
         )
 
     # --- link ----------------------------------------------------------------------------------------
