@@ -54,13 +54,15 @@ class LinkMonitor:
         self.down_after_s = down_after_s
         self.clock = clock
         self.up = True
+        # The first ping also opens the connection: it gets `first_ping_s` before the link counts as lost.
+        self.first_ping_s = max(1.0, down_after_s)
         self.last_ok = clock()
         self.last_error = ""
         self.pings = 0
         self.failures = 0
 
     async def run(self) -> None:
-        self.last_ok = self.clock()
+        self.last_ok = self.clock() + self.first_ping_s - self.down_after_s
         pending: set[asyncio.Task] = set()
         next_ping = self.clock()
         try:
