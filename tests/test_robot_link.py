@@ -29,7 +29,7 @@ def cloud():
 
 
 def when_moving(daemon, then, after_s: float = 1.0) -> threading.Thread:
-    """Run `then()` `after_s` seconds after the robot first moves; `then`'s episode time is returned in marks."""
+    """Run `then()` `after_s` seconds after the robot first moves; its episode time goes to `.marks["t"]`."""
     marks: dict[str, float] = {}
 
     def watch() -> None:
@@ -92,7 +92,7 @@ def test_a_cut_link_stops_the_robot_and_it_goes_on_when_the_link_returns(cloud):
         result = asyncio.run(run_with_ping(daemon, emu.url()))
     t_cut = watcher.marks["t"]
     lost, restored = events(daemon, "link_lost"), events(daemon, "link_restored")
-    assert lost and lost[0]["t"] - t_cut <= 0.3 + 0.05
+    assert lost and lost[0]["t"] - t_cut <= 0.3
     assert first_zero_after(daemon, t_cut) - t_cut <= 0.5
     held = [t for t in ticks(daemon) if t_cut + 0.5 <= t["t"] <= restored[0]["t"]]
     assert held and all(not moving(t) and t["source"] == "link-loss" for t in held)
