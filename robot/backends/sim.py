@@ -17,7 +17,6 @@ import math
 import os
 import queue
 import threading
-import warnings
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -303,12 +302,11 @@ class SimRobot:
         for geom in go2.geoms:  # collision geoms touch obstacles only (the floor and objects never)
             if geom.contype or geom.conaffinity:
                 geom.contype, geom.conaffinity = 2, 0
+        go2.option.impratio, go2.option.cone = spec.option.impratio, spec.option.cone  # kinematic base
         base = go2.body("base")
         base.add_camera(name="head", pos=[0.34, 0.0, 0.05], xyaxes=[0, -1, 0, 0, 0, 1], fovy=70)
-        with warnings.catch_warnings():  # the Go2's solver options yield to the scene's: kinematic base
-            warnings.simplefilter("ignore")
-            spec.worldbody.add_frame().attach_body(base, "go2/", "")
-            model = spec.compile()
+        spec.worldbody.add_frame().attach_body(base, "go2/", "")
+        model = spec.compile()
         self._camera = "go2/head"
         return model
 
