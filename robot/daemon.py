@@ -319,14 +319,15 @@ class RobotDaemon:
     # --- standing ------------------------------------------------------------------------------------
 
     async def _stand(self, recover: bool = False) -> None:
+        """Stand up from whatever posture the robot is in (waiting out a transition), then balance_stand."""
         self._ready = False
-        state = self.robot.state()
-        if recover and (state.error_code or state.posture == "fallen"):
-            self.robot.recovery_stand()
-        elif state.posture != "standing":
-            self.robot.stand_up()
         deadline = self.clock() + self.config.stand_timeout_s
-        while self.robot.state().posture != "standing":
+        while (state := self.robot.state()).posture != "standing":
+            if state.error_code or state.posture == "fallen":
+                if recover:
+                    self.robot.recovery_stand()
+            elif state.posture in ("lying", "damped"):
+                self.robot.stand_up()
             if self.clock() > deadline:
                 self.gate.latch("fault", detail="the robot did not stand up")
                 return

@@ -598,3 +598,24 @@ def test_cli_tasks_and_run_with_a_users_task_file(tmp_path):
     path.write_text(json.dumps(near | {"success": {"near": "nothing", "within_m": 1}}))
     out = CliRunner().invoke(app, ["robot", "run", "--task", str(path)])
     assert out.exit_code == 2 and "not a valid task file" in out.output
+
+
+def test_a_reset_during_the_soft_stop_waits_for_it_and_stands_up_again():
+    task = load_task("stop-at-line")
+    daemon = daemon_for(task, duration_s=6.0)
+    marks: dict[str, float] = {}
+
+    def operator() -> None:
+        while not (daemon.status() and any(daemon.status()["command"])):
+            time.sleep(0.02)
+        daemon.estop("test")
+        time.sleep(0.2)  # still lying down
+        marks["reset"] = daemon.now()
+        daemon.estop_reset()
+
+    threading.Thread(target=operator, daemon=True).start()
+    run(daemon)
+    assert not events(daemon, "estop")[1:]  # no fault latched by a failed stand-up
+    standing = [e["t"] for e in events(daemon, "standing")]
+    assert len(standing) == 2 and standing[1] > marks["reset"]
+    assert any(moving(t) for t in ticks(daemon) if t["t"] > standing[1])
