@@ -22,7 +22,7 @@ from typing import Annotated, Any
 
 import typer
 
-from eespec.defaults import DEFAULT_DRAFT, DEFAULT_EXIT_LAYERS, DEFAULT_TARGET, DEFAULT_WINDOW
+from shared.defaults import DEFAULT_DRAFT, DEFAULT_EXIT_LAYERS, DEFAULT_TARGET, DEFAULT_WINDOW
 
 PLANNER_MODES = ("scripted", "cloud-ar", "sd", "sd-preempt", "edge-only")
 MODEL_MODES = PLANNER_MODES[1:]
@@ -58,6 +58,8 @@ class _Models:
                 target, draft, exit_layers=DEFAULT_EXIT_LAYERS, window=window, preempt=True, threads=threads
             )
             self.draft_model, self.tokenizer = self.pipeline.draft_model, self.pipeline.tokenizer
+            # With the tokenizer the draft applies the plan grammar too: it drafts legal tokens only.
+            self.pipeline.decoder.draft_engine.tokenizer = self.tokenizer
         else:
             if threads:
                 import torch
@@ -75,9 +77,22 @@ class _Models:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
 
+def grammar_matcher(model: Any, tokenizer: Any, schema: dict[str, Any]) -> Any:
+    """A fresh matcher of the plan grammar for `model`'s vocabulary."""
+    from cloud_server.engine import eos_ids_of
+    from shared.grammar import grammar_compiler, parse_grammar
+
+    compiler = grammar_compiler(
+        tokenizer, vocab_size=int(model.config.vocab_size), eos_ids=eos_ids_of(model, tokenizer)
+    )
+    return compiler.matcher(parse_grammar({"json_schema": schema}))
+
+
 class LocalBackend:
-    """In-process: `sd` / `sd-preempt` through `SpeculativeDecoder`, `cloud-ar` as the target's own greedy
-    `generate()`, `edge-only` as the draft's. All text but `edge-only`'s is the target's, i.e. verified."""
+    """In-process: `sd` / `sd-preempt` through `SpeculativeDecoder`; `cloud-ar` as the target alone and
+    `edge-only` as the draft alone, both autoregressive through the engine's `AutoregressiveGeneration`
+    (what the server's OpenAI routes run). All text but `edge-only`'s is the target's, i.e. verified. The
+    plan grammar is applied wherever the decoder takes one."""
 
     def __init__(self, models: _Models, mode: str) -> None:
         if mode not in MODEL_MODES:
@@ -95,8 +110,6 @@ class LocalBackend:
         return await asyncio.to_thread(self._complete, prompt, max_tokens, schema, on_verified)
 
     def _complete(self, prompt: str, max_tokens: int, schema: dict[str, Any], on_verified) -> Any:
-        import torch
-
         from robot.planner import Completion
         from shared.sampling import SamplingParams
 
@@ -106,33 +119,40 @@ class LocalBackend:
             if self.mode in ("sd", "sd-preempt"):
                 decoder = m.pipeline.decoder
                 decoder.preempt = self.mode == "sd-preempt"
-                result = decoder.generate(
-                    ids,
-                    max_tokens=max_tokens,
-                    sampling=SamplingParams(),
-                    **grammar_kwargs(decoder.generate, schema),
-                )
+                grammar = grammar_kwargs(decoder.generate, schema)
+                result = decoder.generate(ids, max_tokens=max_tokens, sampling=SamplingParams(), **grammar)
                 text = m.decode(result.token_ids)
                 on_verified(text)  # every token the in-process decoder returns is verified
                 metrics = result.metrics
                 return Completion(
-                    text, len(result.token_ids), metrics.mean_accepted_len, metrics.predraft_hits
+                    text,
+                    len(result.token_ids),
+                    metrics.mean_accepted_len,
+                    metrics.predraft_hits,
+                    constrained=bool(grammar),
                 )
             model = m.pipeline.target_model if self.mode == "cloud-ar" else m.draft_model
-            tok = m.tokenizer
-            with torch.no_grad():
-                x = torch.tensor([ids])
-                out = model.generate(
-                    x,
-                    attention_mask=torch.ones_like(x),
-                    do_sample=False,
-                    max_new_tokens=max_tokens,
-                    pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-                )
-            new = out[0, len(ids) :].tolist()
-            text = m.decode(new)
+            tokens, constrained = self._autoregressive(model, ids, max_tokens, schema)
+            text = m.decode(tokens)
             on_verified(text)  # for edge-only the planner marks these actions unverified
-            return Completion(text, len(new))
+            return Completion(text, len(tokens), constrained=constrained)
+
+    def _autoregressive(self, model: Any, ids: list[int], max_tokens: int, schema: dict[str, Any]):
+        import torch
+
+        from cloud_server.engine import AutoregressiveGeneration, LoadedTarget
+        from shared.sampling import SamplingParams
+
+        tok = self.models.tokenizer
+        loaded = LoadedTarget.build(self.mode, model, tok, None)
+        takes_grammar = "grammar" in inspect.signature(AutoregressiveGeneration).parameters
+        grammar = grammar_matcher(model, tok, schema) if takes_grammar else None
+        gen = AutoregressiveGeneration(loaded, SamplingParams(), max_tokens, grammar=grammar)
+        with torch.no_grad():
+            gen.prefill(ids)
+            while not gen.finished:
+                gen.step()
+        return list(gen.generated), grammar is not None
 
 
 class RemoteBackend:
@@ -148,7 +168,7 @@ class RemoteBackend:
         self.server, self.api_key, self.mode, self.window = server, api_key, mode, window
         self.verified, self.constrained = True, False
         self.draft_model, self.tokenizer = load_model(draft)
-        self.engine = DraftEngine(self.draft_model)
+        self.engine = DraftEngine(self.draft_model, tokenizer=self.tokenizer)  # drafts under the grammar
         self._client = None
 
     async def _edge(self):
@@ -174,7 +194,7 @@ class RemoteBackend:
         from robot.planner import Completion
 
         if self.mode == "cloud-ar":
-            return await self._cloud_ar(prompt, max_tokens, on_verified)
+            return await self._cloud_ar(prompt, max_tokens, schema, on_verified)
         client = await self._edge()
         ids = encode_prompt(self.tokenizer, prompt, chat=True)
         verified: list[int] = []
@@ -191,29 +211,35 @@ class RemoteBackend:
                 if piece:
                     on_verified(piece)
 
-        result = await client.generate(
-            ids, max_tokens=max_tokens, on_event=on_event, **grammar_kwargs(client.generate, schema)
-        )
+        grammar = grammar_kwargs(client.generate, schema)
+        result = await client.generate(ids, max_tokens=max_tokens, on_event=on_event, **grammar)
         text = self.tokenizer.decode(result.token_ids, skip_special_tokens=True)
         if text != shown and text.startswith(shown):
             on_verified(text[len(shown) :])
         m = result.metrics
-        return Completion(text, len(result.token_ids), m.mean_accepted_len, m.predraft_hits)
+        return Completion(
+            text, len(result.token_ids), m.mean_accepted_len, m.predraft_hits, constrained=bool(grammar)
+        )
 
-    async def _cloud_ar(self, prompt: str, max_tokens: int, on_verified) -> Any:
+    async def _cloud_ar(self, prompt: str, max_tokens: int, schema: dict[str, Any], on_verified) -> Any:
         import httpx
 
         from robot.planner import Completion
 
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "temperature": 0}
+        body = {
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "grammar": {"json_schema": schema},  # the server's extension (the protocol's start.grammar)
+        }
         async with httpx.AsyncClient(timeout=60) as http:
             r = await http.post(self.server.rstrip("/") + "/v1/chat/completions", json=body, headers=headers)
             r.raise_for_status()
             data = r.json()
         text = data["choices"][0]["message"]["content"] or ""
         on_verified(text)
-        return Completion(text, int(data.get("usage", {}).get("completion_tokens", 0)))
+        return Completion(text, int(data.get("usage", {}).get("completion_tokens", 0)), constrained=True)
 
     async def aclose(self) -> None:
         if self._client is not None:

@@ -436,6 +436,7 @@ class RobotDaemon:
             plan=plan_id,
             obs_t=round(obs_t, 4),
             queue_s=round(queue_s, 4),
+            **stats.extra,
         )
 
     # --- link ----------------------------------------------------------------------------------------

@@ -53,6 +53,7 @@ class Completion:
     tokens: int
     mean_accepted_len: float | None = None
     predraft_hits: int | None = None
+    constrained: bool = False  # whether the plan grammar constrained the decoding
 
 
 TextSink = Callable[[str], None]
@@ -137,6 +138,7 @@ class ModelPlanner:
             predraft_hits=completion.predraft_hits,
             text=completion.text,
             rejected=rejected,
+            extra={"constrained": completion.constrained},
         )
 
 

@@ -118,9 +118,9 @@ def test_the_scripted_planner_solves_every_shipped_task_in_the_simulator(sim, tm
 def test_the_model_planner_drives_only_on_verified_plans_in_the_simulator(sim, tmp_path):
     """The default pair in process (sd-preempt): whatever it manages, plans are logged with the decoder's
     figures and every moving tick comes from a verified plan."""
-    from eespec.defaults import DEFAULT_DRAFT, DEFAULT_TARGET
     from eespec.robot_cli import LocalBackend, _Models
     from robot import ModelPlanner
+    from shared.defaults import DEFAULT_DRAFT, DEFAULT_TARGET
 
     models = _Models(DEFAULT_TARGET, DEFAULT_DRAFT, window=4, threads=1)
     task = load_task("blue-ball-ahead")
