@@ -30,6 +30,8 @@ from robot.planner import Observation, Planner, PlanStats
 from robot.safety import ZERO, Decision, LinkPolicy, SafetyGate
 from robot.tasks import Task, holds
 
+PLANNER_ERROR_BACKOFF_S = 0.5
+
 
 @dataclass
 class DaemonConfig:
@@ -104,6 +106,7 @@ class RobotDaemon:
         self._plan_task: asyncio.Task | None = None
         self._fallback_task: asyncio.Task | None = None
         self._plan_id = 0
+        self._plan_not_before = 0.0
         self._plan_obs_t: dict[int, float] = {}
         self._current_plan_t: float | None = None
         self._done_at: float | None = None
@@ -375,6 +378,8 @@ class RobotDaemon:
                 self._plan_task = asyncio.create_task(self._plan_once(self.planner, True))
 
     def _needs_plan(self) -> bool:
+        if self.now() < self._plan_not_before:
+            return False
         latency = (self.last_plan_ms or 0.0) / 1000.0
         return self.executor.remaining_s(self.now()) <= self.config.refill_s + min(latency, 1.0)
 
@@ -417,6 +422,8 @@ class RobotDaemon:
             stats = PlanStats(rejected=f"planner_error: {type(exc).__name__}: {exc}"[:300])
         ms = (time.perf_counter() - t) * 1000.0
         await asyncio.sleep(0)  # let actions emitted from a worker thread land first
+        if stats.rejected and stats.rejected.startswith("planner_error"):
+            self._plan_not_before = self.now() + PLANNER_ERROR_BACKOFF_S  # do not spin on a broken planner
         if stats.rejected:
             self._safety_event(
                 "plan_rejected", {"plan": plan_id, "error": stats.rejected, "text": stats.text[:300]}
