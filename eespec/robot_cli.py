@@ -159,7 +159,9 @@ class RemoteBackend:
     """Against a cloud server: `sd` / `sd-preempt` through `EdgeClient` (verified tokens stream into the
     plan parser as verdicts commit them), `cloud-ar` through the server's OpenAI completions route."""
 
-    def __init__(self, server: str, api_key: str | None, draft: str, mode: str, window: int) -> None:
+    def __init__(
+        self, server: str, api_key: str | None, draft: str, mode: str, window: int, models: Any = None
+    ) -> None:
         if mode not in ("cloud-ar", "sd", "sd-preempt"):
             raise ValueError(f"mode {mode!r} does not use the server")
         from edge_client import DraftEngine
@@ -167,7 +169,10 @@ class RemoteBackend:
 
         self.server, self.api_key, self.mode, self.window = server, api_key, mode, window
         self.verified, self.constrained = True, False
-        self.draft_model, self.tokenizer = load_model(draft)
+        if models is not None:  # the draft already loaded here (for the edge-only fallback)
+            self.draft_model, self.tokenizer = models.draft_model, models.tokenizer
+        else:
+            self.draft_model, self.tokenizer = load_model(draft)
         self.engine = DraftEngine(self.draft_model, tokenizer=self.tokenizer)  # drafts under the grammar
         self._client = None
 
@@ -265,7 +270,7 @@ def build_planners(
     if mode == "scripted":
         return ScriptedPlanner(task), ScriptedPlanner(task, verified=False), []
     if server is not None and mode != "edge-only":
-        remote = RemoteBackend(server, api_key, draft, mode, window)
+        remote = RemoteBackend(server, api_key, draft, mode, window, models)
         fallback = LocalBackend(models, "edge-only") if models is not None else None
         return ModelPlanner(remote), ModelPlanner(fallback) if fallback else None, [remote]
     assert models is not None
