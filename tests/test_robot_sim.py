@@ -115,9 +115,10 @@ def test_the_scripted_planner_solves_every_shipped_task_in_the_simulator(sim, tm
         assert ep["summary"]["success"] and (tmp_path / task.name / "episode.mcap").stat().st_size > 10_000
 
 
-def test_the_model_planner_drives_only_on_verified_plans_in_the_simulator(sim, tmp_path):
-    """The default pair in process (sd-preempt): whatever it manages, plans are logged with the decoder's
-    figures and every moving tick comes from a verified plan."""
+def test_the_model_planner_drives_only_on_verified_plans_in_the_simulator(tmp_path):
+    """The default pair in process (sd-preempt) under the plan grammar: whatever it manages, its plans are
+    constrained and logged with the decoder's figures, and every moving tick comes from a verified plan.
+    (A plan takes seconds on CPU: the age limit is raised so that a valid plan is not dropped as stale.)"""
     from eespec.robot_cli import LocalBackend, _Models
     from robot import ModelPlanner
     from shared.defaults import DEFAULT_DRAFT, DEFAULT_TARGET
@@ -125,9 +126,16 @@ def test_the_model_planner_drives_only_on_verified_plans_in_the_simulator(sim, t
     models = _Models(DEFAULT_TARGET, DEFAULT_DRAFT, window=4, threads=1)
     task = load_task("blue-ball-ahead")
     planner = ModelPlanner(LocalBackend(models, "sd-preempt"))
-    daemon = daemon_for(task, planner, robot=sim(task), log_dir=tmp_path, duration_s=25)
-    asyncio.run(daemon.run())
+    from robot.backends.sim import SimRobot
+
+    robot = SimRobot(task, robot_model="procedural")
+    daemon = daemon_for(task, planner, robot=robot, log_dir=tmp_path, duration_s=40, plan_max_age_s=60)
+    try:
+        asyncio.run(daemon.run())
+    finally:
+        robot.close()
     ep = read_episode(tmp_path)
     assert ep["plans"] and all(p["mode"] == "sd-preempt" and p["tokens"] > 0 for p in ep["plans"])
+    assert all(p["constrained"] for p in ep["plans"])
     assert all(p["mean_accepted_len"] is not None for p in ep["plans"])
     assert all(t["verified"] and t["source"] == "plan" for t in ep["ticks"] if moving(t))
