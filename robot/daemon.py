@@ -366,6 +366,8 @@ class RobotDaemon:
             await asyncio.sleep(self.tick_s / 2)
             if not self._ready or self.gate.estopped or self._done_at is not None or self.state is None:
                 continue
+            if self.perception is not None and self.scene is None:
+                continue  # the first plan waits for the first scene description
             link_up = self.gate.link_up
             if not link_up and self.config.link_policy == "edge-only" and self.fallback_planner is not None:
                 idle = self._fallback_task is None or self._fallback_task.done()

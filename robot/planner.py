@@ -138,7 +138,7 @@ class ModelPlanner:
             predraft_hits=completion.predraft_hits,
             text=completion.text,
             rejected=rejected,
-            extra={"constrained": completion.constrained},
+            extra={"constrained": completion.constrained, "text": completion.text},
         )
 
 
