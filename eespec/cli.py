@@ -19,6 +19,9 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="Fetch, verify and convert known models (offline after the first pull).")
 app.add_typer(models_app, name="models")
+from eespec.robot_cli import robot_app  # noqa: E402  (imports nothing heavy at load time)
+
+app.add_typer(robot_app, name="robot")
 err = Console(stderr=True)
 
 
