@@ -39,8 +39,21 @@ def installed(tmp_path_factory) -> tuple[Path, Path]:
     venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
     bin_dir = env_dir / "bin"
     # pip from the machine's interpreter, aimed at the venv's prefix: no network, no pip bootstrap.
+    # --ignore-installed: without it pip first uninstalls the machine's own (editable) eespec.
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--prefix", env_dir, wheel],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-index",
+            "--ignore-installed",
+            "--prefix",
+            env_dir,
+            wheel,
+        ],
         check=True,
         timeout=600,
     )
