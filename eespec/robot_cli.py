@@ -363,7 +363,9 @@ def run(
     server: Annotated[
         str | None, typer.Option(help="Cloud server URL; in-process decoding without it.")
     ] = None,
-    api_key: Annotated[str | None, typer.Option(help="The cloud server's API key.")] = None,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="EESPEC_API_KEY", help="The cloud server's API key (env preferred).")
+    ] = None,
     perception: Annotated[str, typer.Option(help="oracle (ann | snn come later)")] = "oracle",
     link_loss: Annotated[str, typer.Option(help="stop | edge-only")] = "stop",
     duration: Annotated[float | None, typer.Option(help="End the episode after S seconds.")] = None,
@@ -372,6 +374,9 @@ def run(
     status_api_key: Annotated[
         str | None, typer.Option(envvar="EESPEC_ROBOT_API_KEY", help="Bearer key of the status API.")
     ] = None,
+    status_insecure_no_auth: Annotated[
+        bool, typer.Option(help="Serve the status API (e-stop included) without a key. Loopback only.")
+    ] = False,
     seed: Annotated[int, typer.Option(help="0: the task's start; N > 0: a start perturbed by seed N.")] = 0,
     target: Annotated[str, typer.Option(help="Target model (in-process model planners).")] = DEFAULT_TARGET,
     draft: Annotated[str, typer.Option(help="Draft model.")] = DEFAULT_DRAFT,
@@ -392,6 +397,14 @@ def run(
         raise typer.BadParameter("--perception: only `oracle` is available so far")
     if link_loss not in ("stop", "edge-only"):
         raise typer.BadParameter("--link-loss is stop or edge-only")
+    # Secure by default, like `eespec serve`: the status API can e-stop and reset the robot.
+    if status_port is not None and not status_api_key and not status_insecure_no_auth:
+        raise typer.BadParameter(
+            "--status-port needs a key: --status-api-key KEY or EESPEC_ROBOT_API_KEY "
+            "(or --status-insecure-no-auth to serve it open on 127.0.0.1)"
+        )
+    if status_insecure_no_auth and status_port is not None:
+        typer.echo("WARNING: the robot status API (e-stop included) is served without a key", err=True)
     the_task = _load_task(task, seed)
     models = None
     if planner != "scripted":  # with --server only the draft runs here (edge-only fallback included)

@@ -619,3 +619,15 @@ def test_a_reset_during_the_soft_stop_waits_for_it_and_stands_up_again():
     standing = [e["t"] for e in events(daemon, "standing")]
     assert len(standing) == 2 and standing[1] > marks["reset"]
     assert any(moving(t) for t in ticks(daemon) if t["t"] > standing[1])
+
+
+def test_the_status_api_needs_a_key_unless_told_otherwise(monkeypatch):
+    """Secure by default, like `eespec serve`: the status API can e-stop and reset the robot."""
+    from typer.testing import CliRunner
+
+    from eespec.cli import app
+
+    monkeypatch.delenv("EESPEC_ROBOT_API_KEY", raising=False)
+    result = CliRunner().invoke(app, ["robot", "run", "--task", "stop-at-line", "--status-port", "8799"])
+    assert result.exit_code == 2
+    assert "--status-insecure-no-auth" in result.output
