@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -118,12 +119,18 @@ def generate(
         str, typer.Option(help="With --server: 'wait' for the cloud, or 'continue' with unverified tokens.")
     ] = "wait",
     stop: Annotated[list[str] | None, typer.Option(help="Stop string (repeatable).")] = None,
+    json_schema: Annotated[
+        Path | None, typer.Option("--json-schema", help="Structured output: a JSON schema file.")
+    ] = None,
+    regex: Annotated[str | None, typer.Option(help="Structured output: a regular expression.")] = None,
+    grammar: Annotated[Path | None, typer.Option(help="Structured output: a Lark grammar file.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     threads: Annotated[int | None, typer.Option(help="torch threads.")] = None,
 ) -> None:
     """Generate with speculative decoding: against a cloud server (--server URL) or in-process (--local)."""
     if local == bool(server):
         _fail("give exactly one of --local and --server URL")
+    grammar_spec = _grammar_option(json_schema, regex, grammar)
     if fallback not in ("wait", "continue"):
         _fail("--fallback is 'wait' or 'continue'")
     if server and (exits_dir is not None or target != DEFAULT_TARGET):
@@ -132,6 +139,7 @@ def generate(
     exit_layers = _parse_layers(exits) if exits is not None else tuple(DEFAULT_EXIT_LAYERS)
     _quiet_transformers()
     from edge_client.client import EdgeError
+    from shared.errors import ProtocolError
     from shared.models import ModelError
     from shared.sampling import SamplingParams
 
@@ -152,7 +160,7 @@ def generate(
                 threads=threads,
             )
             result, text, prompt_ids = pipeline.generate(
-                prompt, max_tokens=max_tokens, sampling=sampling, chat=chat, stop=stop
+                prompt, max_tokens=max_tokens, sampling=sampling, chat=chat, stop=stop, grammar=grammar_spec
             )
         else:
             from eespec.remote import generate_remote
@@ -166,6 +174,7 @@ def generate(
                 sampling=sampling,
                 chat=chat,
                 stop=stop,
+                grammar=grammar_spec,
                 window=window,
                 preempt=preempt,
                 optimistic=optimistic,
@@ -175,6 +184,8 @@ def generate(
                 exits=list(exit_layers) if exits is not None else None,
             )
     except (ModelError, ValueError) as exc:
+        _fail(str(exc))
+    except ProtocolError as exc:  # e.g. bad_grammar, found on this side before anything is sent
         _fail(str(exc))
     except EdgeError as exc:
         _fail(f"server said {exc}")
@@ -197,6 +208,21 @@ def generate(
         f"mean accepted {m.mean_accepted_len or 0:.2f} · early hits {m.early_hits}/{m.early_rounds} · "
         f"pre-draft hits {m.predraft_hits}/{m.predraft_started}[/]"
     )
+
+
+def _grammar_option(json_schema: Path | None, regex: str | None, lark: Path | None) -> dict | None:
+    """`--json-schema FILE`, `--regex RE` or `--grammar FILE` (Lark) as the protocol's grammar dict."""
+    given = [g for g in (json_schema, regex, lark) if g is not None]
+    if len(given) > 1:
+        _fail("give at most one of --json-schema, --regex and --grammar")
+    try:
+        if json_schema is not None:
+            return {"json_schema": json.loads(json_schema.read_text())}
+        if lark is not None:
+            return {"lark": lark.read_text()}
+    except (OSError, ValueError) as exc:
+        _fail(f"cannot read the grammar: {exc}")
+    return {"regex": regex} if regex is not None else None
 
 
 @app.command()

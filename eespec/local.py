@@ -68,7 +68,9 @@ class LocalPipeline:
             tokenizer=tokenizer,
             limits=EngineLimits(max_window=max(16, window)),
         )
-        decoder = SpeculativeDecoder(DraftEngine(draft_model), session, window=window, preempt=preempt)
+        # The draft gets the tokenizer so that it applies a request's grammar to its own proposals too.
+        engine = DraftEngine(draft_model, tokenizer=tokenizer)
+        decoder = SpeculativeDecoder(engine, session, window=window, preempt=preempt)
         return cls(target_model, draft_model, tokenizer, early_target, session, decoder)
 
     def generate(
@@ -79,9 +81,12 @@ class LocalPipeline:
         sampling: SamplingParams,
         chat: bool = False,
         stop: Sequence[str] | None = None,
+        grammar: dict[str, Any] | None = None,
     ) -> tuple[GenerationResult, str, list[int]]:
         prompt_ids = encode_prompt(self.tokenizer, prompt, chat)
-        result = self.decoder.generate(prompt_ids, max_tokens=max_tokens, sampling=sampling, stop=stop)
+        result = self.decoder.generate(
+            prompt_ids, max_tokens=max_tokens, sampling=sampling, stop=stop, grammar=grammar
+        )
         text = self.tokenizer.decode(result.token_ids, skip_special_tokens=True)
         if stop:
             text = StopStrings(self.tokenizer, stop).cut(text)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -26,6 +27,7 @@ def generate_remote(
     sampling: SamplingParams,
     chat: bool = False,
     stop: Sequence[str] | None = None,
+    grammar: dict[str, Any] | None = None,
     window: int = 4,
     preempt: bool = True,
     optimistic: bool = True,
@@ -53,7 +55,9 @@ def generate_remote(
             exits=exits,  # None: every exit the server runs
         )
         async with client:
-            return await client.generate(prompt_ids, max_tokens=max_tokens, sampling=sampling, stop=stop)
+            return await client.generate(
+                prompt_ids, max_tokens=max_tokens, sampling=sampling, stop=stop, grammar=grammar
+            )
 
     result = asyncio.run(run())
     text = tokenizer.decode(result.token_ids, skip_special_tokens=True)

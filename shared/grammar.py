@@ -110,15 +110,20 @@ class GrammarCompiler:
     ) -> None:
         eos = sorted({int(e) for e in eos_ids})
         if not eos:
-            raise ValueError("structured output needs the model's EOS token id(s)")
+            raise ProtocolError("bad_grammar", "structured output needs a model with an EOS token")
         self.vocab_size = int(vocab_size)
         tokenizer_size = len(tokenizer)
         # llguidance sizes its masks by n_vocab; ids past the tokenizer (model padding) have no bytes and
         # are never allowed. The mask is cut or padded to the model's vocabulary below.
         self.tokenizer_size = tokenizer_size
-        self.ll_tokenizer = llguidance.hf.from_tokenizer(
-            tokenizer, n_vocab=max(self.vocab_size, tokenizer_size), eos_token=eos
-        )
+        try:
+            self.ll_tokenizer = llguidance.hf.from_tokenizer(
+                tokenizer, n_vocab=max(self.vocab_size, tokenizer_size), eos_token=eos
+            )
+        except ValueError as exc:  # e.g. a decoder llguidance cannot read token bytes through
+            raise ProtocolError(
+                "bad_grammar", _short(f"structured output does not support this tokenizer: {exc}")
+            ) from exc
         self.eos_ids = tuple(eos)
         self.cache_size = cache_size
         self._cache: OrderedDict[str, llguidance.LLMatcher] = OrderedDict()
@@ -221,13 +226,17 @@ class GrammarMatcher:
 
     def allowed(self) -> torch.Tensor:
         """The tokens allowed next: bool [vocab_size]."""
+        return torch.from_numpy(self._allowed_array())
+
+    def _allowed_array(self) -> np.ndarray:
+        # Built in numpy: small torch copies of a vocabulary-sized row cost tens of ms on a loaded CPU.
         if self.ended:
             raise ProtocolError("bad_grammar", "nothing may follow EOS")
         llguidance.numpy.fill_next_token_bitmask(self._matcher, self._bitmask)
         bits = np.unpackbits(self._bitmask.view(np.uint8), bitorder="little")
-        mask = torch.zeros(self.vocab_size, dtype=torch.bool)
+        mask = np.zeros(self.vocab_size, dtype=np.bool_)
         n = min(self.vocab_size, self.compiler.tokenizer_size)
-        mask[:n] = torch.from_numpy(bits[:n].astype(np.bool_))
+        mask[:n] = bits[:n]
         if not mask.any():
             raise ProtocolError("bad_grammar", "the grammar allows no token of this vocabulary here")
         return mask
@@ -240,16 +249,16 @@ class GrammarMatcher:
         logit is -inf) or finishes, so those rows are never read.
         """
         k = len(draft_tokens)
-        masks = torch.ones(k + 1, self.vocab_size, dtype=torch.bool)
-        masks[0] = self.allowed()
+        masks = np.ones((k + 1, self.vocab_size), dtype=np.bool_)
+        masks[0] = self._allowed_array()
         probe = self.fork() if k else None
         for i in range(k):
             token = int(draft_tokens[i])
             if not (0 <= token < self.vocab_size and masks[i, token]) or token in self.eos_ids:
                 break
             probe.commit([token])  # type: ignore[union-attr]
-            masks[i + 1] = probe.allowed()  # type: ignore[union-attr]
-        return masks
+            masks[i + 1] = probe._allowed_array()  # type: ignore[union-attr]
+        return torch.from_numpy(masks)
 
     def commit(self, tokens: Sequence[int]) -> None:
         """Advance by tokens that were chosen under this grammar's masks."""

@@ -103,14 +103,17 @@ def _byte_level(text: str) -> str:
     return "".join(chr(256 + ord(c)) if ord(c) <= 32 else c for c in text)
 
 
-def bytelevel_tokenizer(extra_tokens: Sequence[str] = MULTI_CHAR_TOKENS):
-    """A byte-level BPE tokenizer (the kind llguidance reads): 4 specials ("</s>" = 2 is EOS), the 95
-    printable ASCII characters, then `extra_tokens`; no merges, so it encodes character by character."""
+def bytelevel_tokenizer(
+    extra_tokens: Sequence[str] = MULTI_CHAR_TOKENS, alphabet: Sequence[str] = tuple(map(chr, range(32, 127)))
+):
+    """A byte-level BPE tokenizer (the kind llguidance reads): 4 specials ("</s>" = 2 is EOS), the
+    `alphabet` (default the 95 printable ASCII characters), then `extra_tokens`; no merges, so it encodes
+    character by character."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
-    for token in [*map(chr, range(32, 127)), *extra_tokens]:
+    for token in [*alphabet, *extra_tokens]:
         vocab.setdefault(_byte_level(token), len(vocab))
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)

@@ -17,6 +17,7 @@ Runs are seeded 0..N-1, so the outcome is deterministic.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -55,12 +56,17 @@ def models():
     return target, draft
 
 
-def exact_joint(target, params: SamplingParams) -> np.ndarray:
-    """P(x3, x4) under the target alone, marginalising x1 and x2."""
+def exact_joint(
+    target, params: SamplingParams, allowed: Callable[[list[int]], torch.Tensor] | None = None
+) -> np.ndarray:
+    """P(x3, x4) under the target alone, marginalising x1 and x2; `allowed(generated)` masks the logits
+    (structured output: ids outside it get -inf before the warpers)."""
 
     def dist(prefix):
         with torch.no_grad():
             logits = target(torch.tensor([prefix])).logits[0, -1]
+        if allowed is not None:
+            logits = logits.masked_fill(~allowed(prefix[len(PROMPT) :]), float("-inf"))
         return target_probs(logits[None], params)[0].numpy()
 
     joint = np.zeros((VOCAB, VOCAB))
@@ -74,13 +80,21 @@ def exact_joint(target, params: SamplingParams) -> np.ndarray:
     return joint
 
 
-def sample_joint(target, draft, params: SamplingParams, n: int) -> tuple[np.ndarray, float]:
-    session = TargetSession(EarlyExitTarget(target, ExitHeads.untrained((1,), 16).double()), eos_ids=[])
-    decoder = SpeculativeDecoder(DraftEngine(draft), session, window=2)
+def sample_joint(
+    target, draft, params: SamplingParams, n: int, *, grammar=None, tokenizer=None, draft_tokenizer=None
+) -> tuple[np.ndarray, float]:
+    """Counts of (x3, x4) over seeds 0..n-1; with `grammar`, the target (EOS 2) and, when given a
+    `draft_tokenizer`, the draft apply it."""
+    eos_ids = [2] if grammar is not None else []
+    session = TargetSession(
+        EarlyExitTarget(target, ExitHeads.untrained((1,), 16).double()), eos_ids=eos_ids, tokenizer=tokenizer
+    )
+    decoder = SpeculativeDecoder(DraftEngine(draft, tokenizer=draft_tokenizer), session, window=2)
     counts = np.zeros((VOCAB, VOCAB))
     drafted = accepted = 0
     for seed in range(n):
-        result = decoder.generate(PROMPT, max_tokens=4, sampling=params.model_copy(update={"seed": seed}))
+        sampling = params.model_copy(update={"seed": seed})
+        result = decoder.generate(PROMPT, max_tokens=4, sampling=sampling, grammar=grammar)
         counts[result.token_ids[2], result.token_ids[3]] += 1
         drafted += result.metrics.drafted
         accepted += result.metrics.accepted
