@@ -21,6 +21,8 @@ class ServerSettings(BaseSettings):
     port: int = 8000
     api_key: Annotated[list[str], NoDecode] = Field(default_factory=list)
     device: str = "cpu"
+    # The served precision (shared.precision): float32, bfloat16, float16 or int8 (weight-only).
+    dtype: str = "float32"
     ssl_keyfile: str | None = None
     ssl_certfile: str | None = None
     threads: int | None = None
@@ -30,6 +32,13 @@ class ServerSettings(BaseSettings):
     max_window: int = 16
     ttl_s: float = 60.0
     max_frame_bytes: int = 1 << 20
+
+    @field_validator("dtype")
+    @classmethod
+    def _known_precision(cls, value: str) -> str:
+        from shared.precision import check_precision
+
+        return check_precision(value)
 
     @field_validator("exit_layers", "api_key", mode="before")
     @classmethod

@@ -16,6 +16,7 @@ from edge_client.decoder import GenerationResult, SpeculativeDecoder
 from edge_client.draft import DraftEngine
 from shared.hashing import vocab_hash
 from shared.models import load_model
+from shared.precision import load_in_precision
 from shared.sampling import SamplingParams
 from shared.stopping import StopStrings
 
@@ -52,10 +53,11 @@ class LocalPipeline:
         window: int = 4,
         preempt: bool = True,
         threads: int | None = None,
+        dtype: str = "float32",
     ) -> LocalPipeline:
         if threads:
             torch.set_num_threads(threads)
-        target_model, tokenizer = load_model(target)
+        target_model, tokenizer = load_in_precision(target, dtype)
         draft_model, draft_tokenizer = load_model(draft)
         if vocab_hash(tokenizer) != vocab_hash(draft_tokenizer):
             raise ValueError("draft and target tokenizers differ (vocab_hash mismatch); they must share one")

@@ -14,6 +14,7 @@ import torch
 from cloud_server.engine.early_exit import EarlyExitTarget
 from shared.errors import ProtocolError
 from shared.hashing import ids_hash
+from shared.attention import refill_pieces
 from shared.protocol import Draft, Early, Started, Verdict
 from shared.sampling import SamplingParams, SparseProposal, target_probs
 from shared.stopping import StopStrings, apply_finish_rules, check_finished
@@ -187,7 +188,9 @@ class TargetSession:
             self.generator.set_state(record.rng_state)
         t0 = time.perf_counter()
         if len(self.committed) > 1 and not self.finished:
-            self.kv_cache.forward(self.committed[:-1], keep=1)
+            # In the pieces the generation computed them, so the cache is bit-identical (shared.attention).
+            for piece in refill_pieces(self.committed[:-1], self.prompt_len):
+                self.kv_cache.forward(piece, keep=1)
         self.busy_s += time.perf_counter() - t0
 
     def close(self) -> None:
