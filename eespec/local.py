@@ -14,6 +14,7 @@ import torch
 from cloud_server.engine import EarlyExitTarget, EngineLimits, TargetSession, eos_ids_of, resolve_exit_heads
 from edge_client.decoder import GenerationResult, SpeculativeDecoder
 from edge_client.draft import DraftEngine
+from edge_client.proposers import make_proposer, split_draft_name
 from shared.hashing import vocab_hash
 from shared.models import load_model
 from shared.precision import load_in_precision
@@ -58,7 +59,8 @@ class LocalPipeline:
         if threads:
             torch.set_num_threads(threads)
         target_model, tokenizer = load_in_precision(target, dtype)
-        draft_model, draft_tokenizer = load_model(draft)
+        draft_name, ngram = split_draft_name(draft)
+        draft_model, draft_tokenizer = load_model(draft_name)
         if vocab_hash(tokenizer) != vocab_hash(draft_tokenizer):
             raise ValueError("draft and target tokenizers differ (vocab_hash mismatch); they must share one")
         name = str(target).rstrip("/").split("/")[-1]
@@ -70,7 +72,8 @@ class LocalPipeline:
             tokenizer=tokenizer,
             limits=EngineLimits(max_window=max(16, window)),
         )
-        decoder = SpeculativeDecoder(DraftEngine(draft_model), session, window=window, preempt=preempt)
+        proposer = make_proposer(DraftEngine(draft_model), ngram=ngram)
+        decoder = SpeculativeDecoder(proposer, session, window=window, preempt=preempt)
         return cls(target_model, draft_model, tokenizer, early_target, session, decoder)
 
     def generate(

@@ -37,8 +37,10 @@ class ServerProcess:
         exits: str | None = None,
         threads: int = 1,
         core: int | None = None,
+        dtype: str | None = None,
     ) -> None:
         self.target = target
+        self.dtype = dtype
         self.port = port or free_port()
         self.api_key = api_key or secrets.token_hex(16)
         self.exits = exits
@@ -55,6 +57,8 @@ class ServerProcess:
         command += ["--api-key", self.api_key, "--threads", str(self.threads), "--log-level", "warning"]
         if self.exits is not None:
             command += ["--exits", self.exits]
+        if self.dtype is not None:
+            command += ["--dtype", self.dtype]
         core = self.core
         self.process = subprocess.Popen(
             command, preexec_fn=(lambda: pin_to_core(core)) if core is not None else None

@@ -110,7 +110,11 @@ def make_record(
             "command": command,
             "note": cfg.note,
             "notes": list(notes),
-            "extra": extra or {},
+            "extra": {
+                **({"target_dtype": cfg.dtype} if cfg.dtype != "float32" else {}),
+                **({"prompts_file": cfg.prompts_file} if cfg.prompts_file else {}),
+                **(extra or {}),
+            },
         }
     )
     return record
