@@ -21,8 +21,9 @@ class ServerSettings(BaseSettings):
     port: int = 8000
     api_key: Annotated[list[str], NoDecode] = Field(default_factory=list)
     device: str = "cpu"
-    # The served precision (shared.precision): float32, bfloat16, float16 or int8 (weight-only).
-    dtype: str = "float32"
+    # The served precision (shared.precision): auto (a known model's serving default, else as stored),
+    # float32, bfloat16, float16 or int8 (weight-only).
+    dtype: str = "auto"
     ssl_keyfile: str | None = None
     ssl_certfile: str | None = None
     threads: int | None = None

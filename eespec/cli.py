@@ -41,7 +41,10 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-DTYPE_HELP = "The target's precision: float32, bfloat16, float16 or int8 (weight-only, bf16 activations)."
+DTYPE_HELP = (
+    "The target's precision: auto (bfloat16 for the default target, else as stored), float32, bfloat16, "
+    "float16 or int8 (weight-only, bf16 activations)."
+)
 DRAFT_HELP = "Draft model name or path; append +ngram to combine it with prompt-lookup proposals."
 
 

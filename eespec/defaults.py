@@ -16,7 +16,7 @@ DEFAULT_EXIT_LAYERS = (24,)
 DEFAULT_WINDOW = 4
 # The target's served precision (shared.precision). Its exactness reference is that same model in that
 # precision (bf16 windows equal one-token steps bit for bit through shared.attention; slow tests show it).
-DEFAULT_TARGET_DTYPE = "float32"
+DEFAULT_TARGET_DTYPE = "auto"  # bfloat16 for the default target (shared.precision.SERVING_DEFAULTS)
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,7 @@ class LocalPipeline:
         window: int = 4,
         preempt: bool = True,
         threads: int | None = None,
-        dtype: str = "float32",
+        dtype: str = "auto",
     ) -> LocalPipeline:
         if threads:
             torch.set_num_threads(threads)

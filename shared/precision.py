@@ -1,4 +1,5 @@
-"""The precision a model is served in: float32, bfloat16, float16, or int8 weight-only (bf16 activations).
+"""The precision a model is served in: float32, bfloat16, float16, or int8 weight-only (bf16 activations);
+`auto` is the known model's serving default (`SERVING_DEFAULTS`), else the precision the weights are stored in.
 
 The exactness reference is always the served model *in the served precision*: a target loaded with
 `apply_precision(model, p)` is compared with that same model's own `generate()`, never with float32.
@@ -17,8 +18,14 @@ from typing import Literal, get_args
 import torch
 from torch import nn
 
-Precision = Literal["float32", "bfloat16", "float16", "int8"]
+Precision = Literal["auto", "float32", "bfloat16", "float16", "int8"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+
+# What `auto` serves a known target in. SmolLM2-135M-Instruct: bfloat16, the fastest precision whose greedy
+# output equals its own generate() (tests/test_precision.py, slow) and whose window forward costs about one
+# token step on an AVX512-BF16 / AMX CPU (benchmarks/RESULTS.md, "Verify cost"). int8 is faster per token
+# still but costs 1.5x a step per window of 5, and quantises the published weights.
+SERVING_DEFAULTS: dict[str, str] = {"smollm2-135m-instruct": "bfloat16"}
 
 # Precisions served with row-wise attention (shared.attention): in bfloat16 a window's logits must equal
 # one-token steps' bit for bit, or near-ties flip (with SDPA, 3 of 9 real-model generations differed from
@@ -34,6 +41,14 @@ def check_precision(name: str) -> Precision:
     if name not in PRECISIONS:
         raise ValueError(f"unknown precision {name!r}; choose one of {', '.join(PRECISIONS)}")
     return name  # type: ignore[return-value]
+
+
+def resolve_precision(name_or_path, precision: str) -> str:
+    """`auto` → the serving default of a known model name, else "stored"; any other precision as given."""
+    precision = check_precision(precision)
+    if precision != "auto":
+        return precision
+    return SERVING_DEFAULTS.get(str(name_or_path).rstrip("/").split("/")[-1], "stored")
 
 
 def activation_dtype(precision: Precision) -> torch.dtype:
@@ -73,18 +88,22 @@ def quantize_int8_weights(model: nn.Module) -> int:
     return replaced
 
 
-def load_in_precision(name_or_path, precision: str = "float32", *, device: str = "cpu"):
+def load_in_precision(name_or_path, precision: str = "auto", *, device: str = "cpu"):
     """`shared.models.load_model` in `precision` (loaded in the activation dtype, then quantised)."""
     from shared.models import load_model
 
-    precision = check_precision(precision)
-    model, tokenizer = load_model(name_or_path, dtype=activation_dtype(precision), device=device)
-    return apply_precision(model, precision), tokenizer
+    resolved = resolve_precision(name_or_path, precision)
+    if resolved == "stored":
+        return load_model(name_or_path, device=device)
+    model, tokenizer = load_model(name_or_path, dtype=activation_dtype(resolved), device=device)  # type: ignore[arg-type]
+    return apply_precision(model, resolved), tokenizer
 
 
 def apply_precision(model, precision: str):
-    """Cast (or quantise) a loaded model in place to `precision`; returns it."""
+    """Cast (or quantise) a loaded model in place to `precision` (not `auto`); returns it."""
     precision = check_precision(precision)
+    if precision == "auto":
+        raise ValueError("apply_precision needs a concrete precision; resolve `auto` first")
     model.to(activation_dtype(precision))
     if precision == "int8":
         quantize_int8_weights(model)

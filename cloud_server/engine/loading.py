@@ -55,7 +55,7 @@ def load_target(
     exit_layers: Sequence[int] | None = None,
     exits_dir: str | Path | None = None,
     threads: int | None = None,
-    dtype: Precision | str = "float32",
+    dtype: Precision | str = "auto",
 ) -> LoadedTarget:
     """Load a target (known name, HF folder or .gguf) with the exit heads for `exit_layers`.
 

@@ -144,6 +144,7 @@ class TargetSession:
             keep=k + 1,
             on_exit=on_exit if on_early else None,
             layers=exits,
+            extra_ids=tokens,
         )
         verify_ms = (time.perf_counter() - t_forward) * 1000.0
         outcome = verify_window(logits, tokens, self.sampling, proposals, uniforms)

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from shared.precision import resolve_precision
 from shared.workloads import Workload, load_workload, load_workloads_file
 
 MODES = ("cloud-ar", "edge-ar", "sd", "sd-preempt", "colocated-sd", "hf-assisted")
@@ -71,7 +72,7 @@ class BenchConfig:
     target: str
     draft: str
     exits: tuple[int, ...]
-    dtype: str = "float32"  # the target's precision; its generate() in that precision is the reference
+    dtype: str = "auto"  # the target's precision; its generate() in that precision is the reference
     modes: tuple[str, ...] = MODES
     workloads: tuple[str, ...] = ("code", "prose", "robot")
     rtts_ms: tuple[float, ...] = (0.0, 20.0, 50.0, 100.0, 200.0)
@@ -101,6 +102,11 @@ class BenchConfig:
     prompts_file: str | None = None  # the user's prompts ({"workload": [prompt, ...]}) instead of the shipped
     extra: dict[str, object] = field(default_factory=dict)
 
+    @property
+    def served_precision(self) -> str:
+        """The target's precision with `auto` resolved (shared.precision; "stored" = as its weights are)."""
+        return resolve_precision(self.target, self.dtype)
+
     def workload_specs(self) -> dict[str, Workload]:
         """The workloads the cells name: from `prompts_file` when given, else the shipped ones."""
         if self.prompts_file is not None:
@@ -117,7 +123,8 @@ class BenchConfig:
             "target": self.target,
             "draft": self.draft,
             "exits": list(self.exits),
-            **({} if self.dtype == "float32" else {"dtype": self.dtype}),  # float32 runs keep their ids
+            # float32 (and stored-precision) runs keep their ids from before the option existed.
+            **({} if self.served_precision in ("float32", "stored") else {"dtype": self.served_precision}),
             "prompts": self.prompts,
             "repeats": self.repeats,
             "max_tokens": self.max_tokens,

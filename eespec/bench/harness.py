@@ -130,7 +130,7 @@ def run_meta(records: Sequence[dict[str, Any]], cfg: BenchConfig, command: str) 
         "target": cfg.target,
         "draft": cfg.draft,
         "exits": list(cfg.exits),
-        "dtype": cfg.dtype,
+        "dtype": cfg.served_precision,
         "config_id": cfg.config_id,
         "prompts": cfg.prompts,
         "repeats": cfg.repeats,
@@ -436,9 +436,9 @@ class _Session:
 
     @property
     def _reference_scope(self) -> str:
-        """References are per target and precision (float32 keeps the older key)."""
-        dtype = self.cfg.dtype
-        return f"{self.cfg.target}|" if dtype == "float32" else f"{self.cfg.target}|{dtype}|"
+        """References are per target and precision (float32 and stored precision keep the older key)."""
+        served = self.cfg.served_precision
+        return f"{self.cfg.target}|" if served in ("float32", "stored") else f"{self.cfg.target}|{served}|"
 
     def _teardown(self) -> None:
         for worker in self.workers.values():

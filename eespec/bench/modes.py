@@ -249,7 +249,7 @@ class LocalWorker:
     """`python -m eespec.bench.worker` pinned to `cores` with `threads` torch threads; jobs over pipes."""
 
     def __init__(
-        self, target: str, draft: str, *, cores: Sequence[int] | None, threads: int, dtype: str = "float32"
+        self, target: str, draft: str, *, cores: Sequence[int] | None, threads: int, dtype: str = "auto"
     ) -> None:
         self.target, self.draft, self.dtype = target, draft, dtype
         self.cores = list(cores) if cores is not None else None

@@ -111,7 +111,7 @@ def make_record(
             "note": cfg.note,
             "notes": list(notes),
             "extra": {
-                **({"target_dtype": cfg.dtype} if cfg.dtype != "float32" else {}),
+                "target_dtype": cfg.served_precision,
                 **({"prompts_file": cfg.prompts_file} if cfg.prompts_file else {}),
                 **(extra or {}),
             },

@@ -46,7 +46,7 @@ class _FirstTokenClock:
 
 
 class Worker:
-    def __init__(self, target: str, draft: str, dtype: str = "float32") -> None:
+    def __init__(self, target: str, draft: str, dtype: str = "auto") -> None:
         from edge_client.proposers import split_draft_name
         from shared.models import load_model
         from shared.precision import load_in_precision
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--draft", required=True)
     parser.add_argument("--cores", default=None, help="comma-separated CPU cores to pin to")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--dtype", default="float32", help="the target's precision (shared.precision)")
+    parser.add_argument("--dtype", default="auto", help="the target's precision (shared.precision)")
     args = parser.parse_args(argv)
     if args.cores and hasattr(os, "sched_setaffinity"):
         cores = {int(c) for c in args.cores.split(",")}
