@@ -13,6 +13,7 @@ for a read-out ~10× cheaper than the full LM head.
 from __future__ import annotations
 
 import json
+from importlib import resources
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -186,7 +187,10 @@ class ExitHeads(nn.Module):
         return cls(ExitConfig(layers=tuple(layers), hidden_size=hidden_size, kind=kind)).eval()
 
 
-SHIPPED_DIR = Path(__file__).parent / "exit_heads"
+# Package data of `cloud_server` (cloud_server/exit_heads/<model>/), found through the package's resources.
+# (It was Path(__file__).parent / "exit_heads" — cloud_server/engine/exit_heads, which does not exist —
+# since the engine moved into cloud_server/engine, so the trained heads were silently not used.)
+SHIPPED_DIR = Path(str(resources.files("cloud_server") / "exit_heads"))
 
 
 def shipped_exit_heads(model_name: str) -> Path | None:
