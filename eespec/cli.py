@@ -395,7 +395,9 @@ def bench(
     target: Annotated[str, typer.Option(help="Target model name or path.")] = DEFAULT_TARGET,
     draft: Annotated[str, typer.Option(help=DRAFT_HELP)] = DEFAULT_DRAFT,
     dtype: Annotated[str, typer.Option(help=DTYPE_HELP)] = DEFAULT_TARGET_DTYPE,
-    exits: Annotated[str | None, typer.Option(help="Server exit layers, e.g. 20 (default: the pair's).")] = None,
+    exits: Annotated[
+        str | None, typer.Option(help="Server exit layers, e.g. 20 (default: the pair's).")
+    ] = None,
     prompts_file: Annotated[
         str | None,
         typer.Option(

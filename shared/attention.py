@@ -37,7 +37,9 @@ def rowwise_attention_forward(
 ) -> tuple[torch.Tensor, None]:
     q_len, kv_len = query.shape[2], key.shape[2]
     if q_len > ROWWISE_MAX_QUERIES:
-        out, _ = eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+        out, _ = eager_attention_forward(
+            module, query, key, value, attention_mask, scaling, dropout, **kwargs
+        )
         return out, None
     rows = []
     for i in range(q_len):

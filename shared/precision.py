@@ -1,5 +1,5 @@
 """The precision a model is served in: float32, bfloat16, float16, or int8 weight-only (bf16 activations);
-`auto` is the known model's serving default (`SERVING_DEFAULTS`), else the precision the weights are stored in.
+`auto` is a known model's serving default (`SERVING_DEFAULTS`), else the precision its weights are stored in.
 
 The exactness reference is always the served model *in the served precision*: a target loaded with
 `apply_precision(model, p)` is compared with that same model's own `generate()`, never with float32.

@@ -339,7 +339,9 @@ def test_the_paper_pair_preset_dry_run(tmp_path):
 
     paper = PAIRS["paper"]
     assert paper.target in KNOWN_MODELS and paper.draft in KNOWN_MODELS
-    result = CliRunner().invoke(app, ["bench", "--pair", "paper", "--dry-run", "--quick", "--out", str(tmp_path)])
+    result = CliRunner().invoke(
+        app, ["bench", "--pair", "paper", "--dry-run", "--quick", "--out", str(tmp_path)]
+    )
     assert result.exit_code == 0, result.output
     assert "cells" in result.output and not (tmp_path / "results.jsonl").exists()
     bad = CliRunner().invoke(app, ["bench", "--pair", "nope", "--dry-run", "--out", str(tmp_path)])

@@ -88,7 +88,11 @@ def test_refill_pieces_rebuild_the_generation_cache():
 
 def test_load_target_in_each_precision(tmp_path):
     target_dir, _ = save_tiny_pair(tmp_path)
-    for precision, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16), ("int8", torch.bfloat16)):
+    for precision, dtype in (
+        ("float32", torch.float32),
+        ("bfloat16", torch.bfloat16),
+        ("int8", torch.bfloat16),
+    ):
         loaded = load_target(target_dir, exit_layers=[1], dtype=precision)
         assert loaded.model.dtype == dtype
         heads = loaded.early_exit.heads
@@ -115,7 +119,9 @@ def test_real_model_windows_equal_steps_and_generate(precision):
     from shared.workloads import load_workload
 
     torch.set_num_threads(1)
-    pipeline = LocalPipeline.load(DEFAULT_TARGET, DEFAULT_DRAFT, exit_layers=DEFAULT_EXIT_LAYERS, dtype=precision)
+    pipeline = LocalPipeline.load(
+        DEFAULT_TARGET, DEFAULT_DRAFT, exit_layers=DEFAULT_EXIT_LAYERS, dtype=precision
+    )
     model = pipeline.target_model
     assert model.config._attn_implementation == ROWWISE_ATTENTION
     eos = sorted(pipeline.session.eos_ids)

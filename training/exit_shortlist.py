@@ -52,7 +52,9 @@ def count_tokens(tokenizer, *, max_files: int, seed: int, heldout_fraction: floa
 def build_shortlist(
     tokenizer, size: int, *, low_ids: int, max_files: int, seed: int = 0, heldout_fraction: float = 0.1
 ):
-    train, heldout, used = count_tokens(tokenizer, max_files=max_files, seed=seed, heldout_fraction=heldout_fraction)
+    train, heldout, used = count_tokens(
+        tokenizer, max_files=max_files, seed=seed, heldout_fraction=heldout_fraction
+    )
     # Special tokens (EOS, chat markers) are always in: generations end and turn on them.
     special = sorted({int(t) for t in tokenizer.all_special_ids})
     ids = special + [t for t, _ in train.most_common() if t not in set(special)]
@@ -96,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer, args.size, low_ids=args.low_ids, max_files=args.max_files, seed=args.seed
     )
     payload["command"] = (
-        f"python -m training.exit_shortlist --target {args.target} --size {args.size} --low-ids {args.low_ids} "
-        f"--max-files {args.max_files} --seed {args.seed} --out {args.out}"
+        f"python -m training.exit_shortlist --target {args.target} --size {args.size} "
+        f"--low-ids {args.low_ids} --max-files {args.max_files} --seed {args.seed} --out {args.out}"
     )
     out = Path(args.out) / SHORTLIST_NAME
     out.write_text(json.dumps(payload) + "\n")

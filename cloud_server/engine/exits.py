@@ -13,9 +13,9 @@ for a read-out ~10× cheaper than the full LM head.
 from __future__ import annotations
 
 import json
-from importlib import resources
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Literal
 
@@ -87,7 +87,9 @@ class ShortlistReadout:
     def __init__(self, lm_head: nn.Module, ids: Sequence[int], vocab_size: int) -> None:
         self.lm_head = lm_head
         self.vocab_size = vocab_size
-        self.ids = torch.tensor(sorted(set(int(i) for i in ids if 0 <= int(i) < vocab_size)), dtype=torch.long)
+        self.ids = torch.tensor(
+            sorted(set(int(i) for i in ids if 0 <= int(i) < vocab_size)), dtype=torch.long
+        )
         self.weight = lm_head_rows(lm_head, self.ids).detach()
 
     def to(self, device: torch.device) -> ShortlistReadout:
@@ -97,7 +99,9 @@ class ShortlistReadout:
 
     def logits(self, normed: torch.Tensor, extra_ids: Sequence[int] = ()) -> torch.Tensor:
         """normed [n, hidden] (after adapter and final norm) → logits [n, vocab]."""
-        out = torch.full((normed.shape[0], self.vocab_size), float("-inf"), dtype=normed.dtype, device=normed.device)
+        out = torch.full(
+            (normed.shape[0], self.vocab_size), float("-inf"), dtype=normed.dtype, device=normed.device
+        )
         out[:, self.ids] = normed @ self.weight.T
         if extra_ids:
             extra = torch.tensor(sorted(set(extra_ids)), dtype=torch.long, device=normed.device)
@@ -155,7 +159,9 @@ class ExitHeads(nn.Module):
         )
         state = load_file(str(directory / WEIGHTS_NAME))
         shortlist_path = directory / SHORTLIST_NAME
-        ids = json.loads(shortlist_path.read_text())["ids"] if shortlist and shortlist_path.is_file() else None
+        ids = (
+            json.loads(shortlist_path.read_text())["ids"] if shortlist and shortlist_path.is_file() else None
+        )
         heads = cls(config, ids)
         heads.to(next(iter(state.values())).dtype)  # load at the stored precision, then cast if asked
         heads.load_state_dict(state)

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import torch
 
 from cloud_server.engine.early_exit import EarlyExitTarget
+from shared.attention import refill_pieces
 from shared.errors import ProtocolError
 from shared.hashing import ids_hash
-from shared.attention import refill_pieces
 from shared.protocol import Draft, Early, Started, Verdict
 from shared.sampling import SamplingParams, SparseProposal, target_probs
 from shared.stopping import StopStrings, apply_finish_rules, check_finished

@@ -23,9 +23,9 @@ import torch
 
 from cloud_server.engine import EarlyExitTarget, ExitHeads, TargetSession, eos_ids_of
 from edge_client.draft import DraftEngine
+from edge_client.proposers import make_proposer, split_draft_name
 from eespec.bench.records import machine_line
 from eespec.defaults import DEFAULT_DRAFT, DEFAULT_TARGET
-from edge_client.proposers import make_proposer, split_draft_name
 from shared.models import load_model
 from shared.precision import load_in_precision
 from shared.workloads import load_workload
@@ -100,7 +100,9 @@ def main() -> None:
     parser.add_argument("--layers-subset", default=None, help="only these trained exits, e.g. 24")
     parser.add_argument("--dtype", default="auto", help="the target's precision (shared.precision)")
     parser.add_argument(
-        "--full-vocab", action="store_true", help="read the full vocabulary even if the heads ship a shortlist"
+        "--full-vocab",
+        action="store_true",
+        help="read the full vocabulary even if the heads ship a shortlist",
     )
     parser.add_argument("--workloads", default="code,prose,robot")
     parser.add_argument("--prompts", type=int, default=6, help="prompts per workload")

@@ -171,7 +171,9 @@ def main() -> None:
             ms = v["propose_ms_per_token"]
             cells.append(
                 f"{v['accepted_per_round']:.2f} ({v['tokens_per_round']:.2f}), "
-                f"{v['empty_rounds']:.0%} empty, {ms:.2f} ms" if ms is not None else "–"
+                f"{v['empty_rounds']:.0%} empty, {ms:.2f} ms"
+                if ms is not None
+                else "–"
             )
         print(f"| {pname} | " + " | ".join(cells) + " |")
     if args.json:

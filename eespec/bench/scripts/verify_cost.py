@@ -78,11 +78,14 @@ def measure(args) -> dict:
                 for name, ms in runs.items():
                     timings[dtype].setdefault(name, []).append(ms)
     table = {
-        dtype: {name: statistics.median(values) for name, values in rows.items()} for dtype, rows in timings.items()
+        dtype: {name: statistics.median(values) for name, values in rows.items()}
+        for dtype, rows in timings.items()
     }
     return {
         "command": "python -m eespec.bench.scripts.verify_cost "
-        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k != "json"),
+        + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k != "json"
+        ),
         "date": datetime.datetime.now().isoformat(timespec="minutes"),
         "machine": machine_line(args.threads),
         "exit_layers": list(layers),
@@ -92,7 +95,9 @@ def measure(args) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--target", default=DEFAULT_TARGET)
     parser.add_argument("--dtypes", default="float32,bfloat16,int8")
     parser.add_argument("--exits", default=None, help="exit layers (default: the deployed one)")
