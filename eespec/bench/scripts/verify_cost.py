@@ -77,6 +77,8 @@ def measure(args) -> dict:
             if repeat >= args.warmup:
                 for name, ms in runs.items():
                     timings[dtype].setdefault(name, []).append(ms)
+    if args.profile:
+        _profile(engines, caches, window, k)
     table = {
         dtype: {name: statistics.median(values) for name, values in rows.items()}
         for dtype, rows in timings.items()
@@ -94,6 +96,21 @@ def measure(args) -> dict:
     }
 
 
+def _profile(engines, caches, window: list[int], k: int, rows: int = 12) -> None:
+    """torch.profiler over 5 window forwards with the exit, per precision: where a round's time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for dtype, variants in engines.items():
+        target, cache = variants.get("shortlist", variants["full"]), caches[dtype]
+        n = len(cache.ids)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(5):
+                target.forward(cache, window, keep=k + 1, on_exit=lambda *_: None, extra_ids=window[1:])
+                cache.truncate(n)
+        print(f"-- {dtype}: window {k} + exit, 5 forwards")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -107,6 +124,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--profile", action="store_true", help="also print torch.profiler's top ops")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     report = measure(args)
