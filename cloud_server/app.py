@@ -194,6 +194,7 @@ def load_from_settings(settings: ServerSettings) -> LoadedTarget:
         exit_layers=settings.exit_layers,
         exits_dir=settings.exits_dir,
         threads=settings.threads,
+        dtype=settings.dtype,
     )
 
 

@@ -26,6 +26,9 @@ class ServerSettings(BaseSettings):
     # header is refused: a web page must not drive a local server). Native clients send no `Origin`.
     allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     device: str = "cpu"
+    # The served precision (shared.precision): auto (a known model's serving default, else as stored),
+    # float32, bfloat16, float16 or int8 (weight-only).
+    dtype: str = "auto"
     ssl_keyfile: str | None = None
     ssl_certfile: str | None = None
     threads: int | None = None
@@ -49,6 +52,13 @@ class ServerSettings(BaseSettings):
     # SIGTERM: streams end with an error event and websockets close with 1012 at once; connections
     # still open after this many seconds are cancelled.
     shutdown_timeout_s: float = 5.0
+
+    @field_validator("dtype")
+    @classmethod
+    def _known_precision(cls, value: str) -> str:
+        from shared.precision import check_precision
+
+        return check_precision(value)
 
     @field_validator("exit_layers", "api_key", "allowed_origins", mode="before")
     @classmethod

@@ -11,7 +11,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from shared.defaults import DEFAULT_DRAFT, DEFAULT_EXIT_LAYERS, DEFAULT_TARGET, DEFAULT_WINDOW
+from shared.defaults import (
+    DEFAULT_DRAFT,
+    DEFAULT_EXIT_LAYERS,
+    DEFAULT_TARGET,
+    DEFAULT_TARGET_DTYPE,
+    DEFAULT_WINDOW,
+    PAIRS,
+)
 
 # Commands import torch and transformers lazily, so `eespec --help` and `eespec netem` start at once.
 
@@ -36,6 +43,21 @@ def _quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+
+
+DTYPE_HELP = (
+    "The target's precision: auto (bfloat16 for the default target, else as stored), float32, bfloat16, "
+    "float16 or int8 (weight-only, bf16 activations)."
+)
+DRAFT_HELP = "Draft model name or path; append +ngram to combine it with prompt-lookup proposals."
+
+
+def _check_dtype(dtype: str) -> str:
+    from shared.precision import PRECISIONS
+
+    if dtype not in PRECISIONS:
+        raise typer.BadParameter(f"unknown {dtype!r}; valid: {', '.join(PRECISIONS)}", param_hint="--dtype")
+    return dtype
 
 
 def _parse_layers(text: str) -> tuple[int, ...]:
@@ -87,7 +109,8 @@ def generate(
     local: Annotated[bool, typer.Option(help="Run draft and target in this process.")] = False,
     server: Annotated[str | None, typer.Option(help="Cloud server URL (ws://host:port).")] = None,
     target: Annotated[str, typer.Option(help="Target model name or path.")] = DEFAULT_TARGET,
-    draft: Annotated[str, typer.Option(help="Draft model name or path.")] = DEFAULT_DRAFT,
+    draft: Annotated[str, typer.Option(help=DRAFT_HELP)] = DEFAULT_DRAFT,
+    dtype: Annotated[str, typer.Option(help="With --local: " + DTYPE_HELP)] = DEFAULT_TARGET_DTYPE,
     max_tokens: Annotated[int, typer.Option(min=1)] = 64,
     temperature: Annotated[float, typer.Option(min=0.0)] = 0.0,
     top_k: Annotated[int, typer.Option(min=0)] = 0,
@@ -137,6 +160,7 @@ def generate(
         # The server runs the target and exit heads it was started with; ignoring these would mislead.
         _fail("--target and --exits-dir apply to --local only (the server serves its own target and heads)")
     exit_layers = _parse_layers(exits) if exits is not None else tuple(DEFAULT_EXIT_LAYERS)
+    _check_dtype(dtype)
     _quiet_transformers()
     from edge_client.client import EdgeError
     from shared.errors import ProtocolError
@@ -158,6 +182,7 @@ def generate(
                 window=window,
                 preempt=preempt,
                 threads=threads,
+                dtype=dtype,
             )
             result, text, prompt_ids = pipeline.generate(
                 prompt, max_tokens=max_tokens, sampling=sampling, chat=chat, stop=stop, grammar=grammar_spec
@@ -253,6 +278,7 @@ def serve(
     device: Annotated[
         str | None, typer.Option(help="torch device for the target, e.g. cuda (default cpu).")
     ] = None,
+    dtype: Annotated[str | None, typer.Option(help=DTYPE_HELP + f" Default {DEFAULT_TARGET_DTYPE}.")] = None,
     log_level: str = "info",
 ) -> None:
     """Run the cloud server: /v1/speculate, OpenAI-compatible routes, /health, /metrics.
@@ -280,6 +306,7 @@ def serve(
         "ssl_certfile": ssl_certfile,
         "threads": threads,
         "device": device,
+        "dtype": _check_dtype(dtype) if dtype is not None else None,
     }
     overrides = {key: value for key, value in given.items() if value is not None}
     settings = ServerSettings(**overrides)
@@ -402,11 +429,26 @@ def bench(
     json_file: Annotated[
         str | None, typer.Option("--json", help="Also write this run's records to FILE (a JSON list).")
     ] = None,
+    pair: Annotated[
+        str | None,
+        typer.Option(
+            help=f"A model pair preset ({', '.join(PAIRS)}): 'paper' = Qwen2.5-Coder 1.5B target, 0.5B draft "
+            "(1.6 GB to pull, ~11 GB RAM). Overrides --target and --draft."
+        ),
+    ] = None,
     target: Annotated[str, typer.Option(help="Target model name or path.")] = DEFAULT_TARGET,
-    draft: Annotated[str, typer.Option(help="Draft model name or path.")] = DEFAULT_DRAFT,
-    exits: Annotated[str, typer.Option(help="Server exit layers, e.g. 20.")] = ",".join(
-        map(str, DEFAULT_EXIT_LAYERS)
-    ),
+    draft: Annotated[str, typer.Option(help=DRAFT_HELP)] = DEFAULT_DRAFT,
+    dtype: Annotated[str, typer.Option(help=DTYPE_HELP)] = DEFAULT_TARGET_DTYPE,
+    exits: Annotated[
+        str | None, typer.Option(help="Server exit layers, e.g. 20 (default: the pair's).")
+    ] = None,
+    prompts_file: Annotated[
+        str | None,
+        typer.Option(
+            help='Your prompts instead of the shipped workloads: JSON {"workload name": [prompt, ...]} '
+            "(plain prompts, no chat template); every workload in it runs unless --workloads picks some."
+        ),
+    ] = None,
     modes: Annotated[str | None, typer.Option(help=f"Comma list of {', '.join(BENCH_MODES)}.")] = None,
     workloads: Annotated[str | None, typer.Option(help="Comma list (default code,prose,robot).")] = None,
     rtt_ms: Annotated[str | None, typer.Option(help="RTTs in ms (default 0,20,50,100,200).")] = None,
@@ -452,9 +494,28 @@ def bench(
     from pathlib import Path
 
     from eespec.bench.cells import BenchConfig, parse_window
-    from shared.workloads import available_workloads
+    from shared.workloads import available_workloads, load_workloads_file
 
-    workload_list = _csv(workloads, "--workloads", tuple(available_workloads())) or ("code", "prose", "robot")
+    _check_dtype(dtype)
+    if pair is not None:
+        if pair not in PAIRS:
+            raise typer.BadParameter(f"unknown {pair!r}; valid: {', '.join(PAIRS)}", param_hint="--pair")
+        target, draft = PAIRS[pair].target, PAIRS[pair].draft
+        exit_text = exits if exits is not None else ",".join(map(str, PAIRS[pair].exits))
+    else:
+        exit_text = exits if exits is not None else ",".join(map(str, DEFAULT_EXIT_LAYERS))
+    if prompts_file is not None:
+        try:
+            known = tuple(w.name for w in load_workloads_file(Path(prompts_file)))
+        except (OSError, ValueError) as exc:
+            raise typer.BadParameter(str(exc), param_hint="--prompts-file") from None
+        workload_list = _csv(workloads, "--workloads", known) or known
+    else:
+        workload_list = _csv(workloads, "--workloads", tuple(available_workloads())) or (
+            "code",
+            "prose",
+            "robot",
+        )
     mode_list = _csv(modes, "--modes", BENCH_MODES) or BENCH_MODES
     try:
         window_list = tuple(
@@ -469,7 +530,9 @@ def bench(
     cfg = BenchConfig(
         target=target,
         draft=draft,
-        exits=_parse_layers(exits),
+        exits=_parse_layers(exit_text),
+        dtype=dtype,
+        prompts_file=prompts_file,
         modes=mode_list,
         workloads=workload_list,
         rtts_ms=_numbers(rtt_ms, "--rtt-ms") or ((0.0, 50.0) if quick else (0.0, 20.0, 50.0, 100.0, 200.0)),

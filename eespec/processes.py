@@ -37,8 +37,10 @@ class ServerProcess:
         exits: str | None = None,
         threads: int = 1,
         core: int | None = None,
+        dtype: str | None = None,
     ) -> None:
         self.target = target
+        self.dtype = dtype
         self.port = port or free_port()
         self.api_key = api_key or secrets.token_hex(16)
         self.exits = exits
@@ -55,6 +57,8 @@ class ServerProcess:
         command += ["--threads", str(self.threads), "--log-level", "warning"]
         if self.exits is not None:
             command += ["--exits", self.exits]
+        if self.dtype is not None:
+            command += ["--dtype", self.dtype]
         # The key travels in the environment, not on argv (which every user can read in `ps`).
         env = {**os.environ, "EESPEC_API_KEY": self.api_key}
         core = self.core

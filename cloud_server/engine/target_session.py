@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from cloud_server.engine.early_exit import EarlyExitTarget
+from shared.attention import refill_pieces
 from shared.errors import ProtocolError
 from shared.grammar import (
     GrammarCompiler,
@@ -184,6 +185,7 @@ class TargetSession:
                 keep=k + 1,
                 on_exit=on_exit if on_early else None,
                 layers=exits,
+                extra_ids=tokens,
             )
             verify_ms = (time.perf_counter() - t_forward) * 1000.0
             if masks is not None:
@@ -251,7 +253,9 @@ class TargetSession:
         t0 = time.perf_counter()
         if len(self.committed) > 1 and not self.finished:
             try:
-                self.kv_cache.forward(self.committed[:-1], keep=1)
+                # In the pieces the generation computed them: a bit-identical cache (shared.attention).
+                for piece in refill_pieces(self.committed[:-1], self.prompt_len):
+                    self.kv_cache.forward(piece, keep=1)
             except Exception as exc:
                 self.close()
                 raise ProtocolError("internal", "re-prefilling the resumed session failed") from exc
