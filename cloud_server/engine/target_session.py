@@ -122,7 +122,12 @@ class TargetSession:
         self.round = 0
         self.prompt_len = len(prompt) - generated
         try:
-            logits = self.kv_cache.forward(prompt, keep=1)
+            # A restart's generated tail goes in short pieces, as the generation first computed it, so the
+            # cache is bit-identical to the lost one's (shared.attention); a fresh prompt is one piece.
+            *head, last = refill_pieces(prompt, self.prompt_len)
+            for piece in head:
+                self.kv_cache.forward(piece, keep=1)
+            logits = self.kv_cache.forward(last, keep=1)
             row = logits[-1] if matcher is None else apply_mask(logits[-1], matcher.allowed())
             token = pick_token(row, sampling, self.generator)
         except Exception as exc:
@@ -179,6 +184,11 @@ class TargetSession:
 
         t_forward = time.perf_counter()
         try:
+            if len(pending) > 1 and not self.kv_cache.ids:
+                # The cache was dropped by a rolled-back round: rebuild it in the generation's own pieces.
+                for piece in refill_pieces(self.committed[:-1], self.prompt_len):
+                    self.kv_cache.forward(piece, keep=1)
+                pending = self.committed[-1:]
             logits = self.early_exit.forward(
                 self.kv_cache,
                 [*pending, *tokens],
