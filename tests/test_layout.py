@@ -108,3 +108,16 @@ def test_doors_import_without_a_web_framework(door):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", f"{door} imports {out.stdout.strip()}"
+
+
+def test_shipped_package_data_is_found_where_the_code_looks():
+    """Moving a module must not lose its data: the shipped exit heads, draft and workloads resolve."""
+    from cloud_server.engine import shipped_exit_heads
+    from shared.defaults import DEFAULT_DRAFT, DEFAULT_TARGET
+    from shared.models.registry import get_known_model, shipped_dir
+    from shared.workloads import available_workloads
+
+    heads = shipped_exit_heads(DEFAULT_TARGET)
+    assert heads is not None and (heads / "exits.json").is_file()
+    assert {"code", "prose", "robot"} <= set(available_workloads())
+    assert (shipped_dir(get_known_model(DEFAULT_DRAFT)) / "config.json").is_file()
