@@ -352,7 +352,8 @@ class RobotDaemon:
         if now >= self._feed_next_t:
             self._feed_next_t = now + 1.0 / FEED_STATUS_HZ
             self.trajectory.append((round(now, 2), status["pose"][0], status["pose"][1]))
-            self.feed.publish("status", status=status)
+            rtt = self.link_monitor.last_rtt_ms if self.link_monitor is not None else None
+            self.feed.publish("status", status=status, rtt_ms=rtt)
 
     # --- standing ------------------------------------------------------------------------------------
 
