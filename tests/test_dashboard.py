@@ -116,6 +116,7 @@ def test_page_shows_nothing_without_the_key_and_everything_with_it():
         assert driver.find_element(By.ID, "task-name").get_attribute("textContent") == ""
         log_in(driver, running.url, KEY)
         wait_for(lambda: driver.find_element(By.ID, "app").is_displayed(), what="the dashboard")
+        assert not driver.find_element(By.ID, "login").is_displayed()
         wait_for(lambda: "blue-ball-ahead" in driver.find_element(By.ID, "task-name").text, what="the task")
         wait_for(lambda: driver.find_element(By.ID, "safety").text == "ok", what="the safety state")
         assert KEY not in driver.current_url
