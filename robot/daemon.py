@@ -15,12 +15,14 @@ import signal
 import statistics
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from robot.actions import Done, StandDown, StandUp
 from robot.episode_log import EpisodeLog, jpeg_bytes
+from robot.event_feed import EventFeed, PlanFigures
 from robot.executor import Executor, QueuedAction, nominal_duration
 from robot.interface import CameraFrame, RobotInterface, RobotState
 from robot.link import LinkMonitor, Ping
@@ -31,6 +33,8 @@ from robot.safety import ZERO, Decision, LinkPolicy, SafetyGate
 from robot.tasks import Task, holds
 
 PLANNER_ERROR_BACKOFF_S = 0.5
+FEED_STATUS_HZ = 10.0  # status snapshots to the dashboard feed (the tick runs faster)
+TRAJECTORY_POINTS = 3000  # the pose trail kept for the dashboard's map (10 Hz: five minutes)
 
 
 @dataclass
@@ -116,6 +120,13 @@ class RobotDaemon:
         self._loop_thread: int | None = None
         self._status: dict[str, Any] = {}
         self._status_lock = threading.Lock()
+        # The dashboard's live feed (robot/event_feed.py): status at FEED_STATUS_HZ, frames, plan events.
+        self.feed = EventFeed()
+        self.figures = PlanFigures()
+        self.trajectory: deque[tuple[float, float, float]] = deque(maxlen=TRAJECTORY_POINTS)
+        self._feed_next_t = 0.0
+        self._frame_seq = 0
+        self._jpeg: tuple[CameraFrame, bytes] | None = None
 
     # --- time and events -----------------------------------------------------------------------------
 
@@ -123,8 +134,10 @@ class RobotDaemon:
         return self.clock() - self.t0
 
     def _safety_event(self, name: str, detail: dict) -> None:
-        self.log.event(self.now(), name, detail)
+        now = self.now()
+        self.log.event(now, name, detail)
         self.metrics.safety_events.labels(name=name).inc()
+        self.feed.publish("safety", keep=True, t=round(now, 3), name=name, detail=_jsonable(detail))
 
     # --- controls from other threads -----------------------------------------------------------------
 
@@ -143,7 +156,25 @@ class RobotDaemon:
 
     def camera_jpeg(self) -> bytes | None:
         frame = self.frame
-        return jpeg_bytes(frame.rgb) if frame is not None else None
+        if frame is None:
+            return None
+        cached = self._jpeg
+        if cached is None or cached[0] is not frame:  # encoded once per frame, whoever asks
+            cached = (frame, jpeg_bytes(frame.rgb))
+            self._jpeg = cached
+        return cached[1]
+
+    def dashboard_hello(self) -> dict[str, Any]:
+        """What a browser that joins needs before the live events: the scene, the trail, the figures."""
+        return {
+            "task": self.task.to_file(),
+            "status": self.status(),
+            "trajectory": [list(p) for p in list(self.trajectory)],
+            "figures": self.figures.snapshot(),
+            "frame": self._frame_seq,
+            "tick_hz": self.config.tick_hz,
+            "camera_hz": self.config.camera_hz,
+        }
 
     # --- the episode ---------------------------------------------------------------------------------
 
@@ -318,6 +349,11 @@ class RobotDaemon:
         }
         with self._status_lock:
             self._status = status
+        if now >= self._feed_next_t:
+            self._feed_next_t = now + 1.0 / FEED_STATUS_HZ
+            self.trajectory.append((round(now, 2), status["pose"][0], status["pose"][1]))
+            rtt = self.link_monitor.last_rtt_ms if self.link_monitor is not None else None
+            self.feed.publish("status", status=status, rtt_ms=rtt)
 
     # --- standing ------------------------------------------------------------------------------------
 
@@ -354,6 +390,8 @@ class RobotDaemon:
             if frame is not None:
                 self.frame = frame
                 self.log.frame(self.now(), frame.rgb)
+                self._frame_seq += 1
+                self.feed.publish("frame", frame=self._frame_seq, t=round(self.now(), 3))
             state = self.state or self.robot.state()
             if self.perception is not None:
                 self.scene = self.perception.perceive(frame, state)
@@ -392,7 +430,16 @@ class RobotDaemon:
         obs_t = self.now()
         queue_s = self.executor.remaining_s(obs_t)  # what is left to run while this plan is made
         self._plan_obs_t[plan_id] = obs_t
-        obs = Observation(obs_t, self.task.instruction, self.state, self.scene)
+        mode = planner.mode if primary else f"{planner.mode}(fallback)"
+
+        def stream(kind: str, **data: Any) -> None:
+            """The planner's output as it is generated, to the dashboard (any thread)."""
+            if kind == "round":
+                self.figures.add_round(data.get("predraft_hit"))
+            self.feed.publish(kind, keep=True, plan=plan_id, **data)
+
+        self.feed.publish("plan_start", keep=True, plan=plan_id, t=round(obs_t, 3), mode=mode)
+        obs = Observation(obs_t, self.task.instruction, self.state, self.scene, stream=stream)
         queued = 0
         elapsed_in_plan = 0.0
         stale_logged = False
@@ -434,9 +481,23 @@ class RobotDaemon:
         self.plan_ms.append(ms)
         self.metrics.plans.labels(mode=planner.mode).inc()
         self.metrics.plan_seconds.labels(mode=planner.mode).observe(ms / 1000.0)
+        self.figures.add_plan(ms, stats.tokens, stats.mean_accepted_len, stats.predraft_hits)
+        self.feed.publish(
+            "plan_end",
+            keep=True,
+            plan=plan_id,
+            t=round(self.now(), 3),
+            ms=round(ms, 2),
+            tokens=stats.tokens,
+            actions=queued,
+            mean_accepted_len=stats.mean_accepted_len,
+            predraft_hits=stats.predraft_hits,
+            rejected=stats.rejected,
+            figures=self.figures.snapshot(),
+        )
         self.log.plan(
             self.now(),
-            planner.mode if primary else f"{planner.mode}(fallback)",
+            mode,
             ms,
             stats.tokens,
             queued,
@@ -460,6 +521,10 @@ class RobotDaemon:
 
 # Records of the episode's course, not safety events.
 _NOT_SAFETY = {"episode_start", "episode_end", "standing", "success", "planner_done", "camera_error"}
+
+
+def _jsonable(detail: dict) -> dict:
+    return {k: v if isinstance(v, str | int | float | bool | None) else str(v) for k, v in detail.items()}
 
 
 def zero(twist: tuple[float, float, float]) -> bool:

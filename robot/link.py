@@ -60,6 +60,7 @@ class LinkMonitor:
         self.last_error = ""
         self.pings = 0
         self.failures = 0
+        self.last_rtt_ms: float | None = None  # the last successful ping's round trip (the dashboard's RTT)
 
     async def run(self) -> None:
         self.last_ok = self.clock() + self.first_ping_s - self.down_after_s
@@ -86,6 +87,7 @@ class LinkMonitor:
 
     async def _one(self) -> None:
         self.pings += 1
+        sent = self.clock()
         try:
             await asyncio.wait_for(self.ping(), self.timeout_s)
         except Exception as exc:  # any failure is a failed ping; the reason is kept for the log
@@ -93,6 +95,7 @@ class LinkMonitor:
             self.last_error = f"{type(exc).__name__}: {exc}"[:200]
             return
         self.last_ok = self.clock()
+        self.last_rtt_ms = round((self.last_ok - sent) * 1000.0, 2)
         if not self.up:
             self.up = True
             self.on_change(True)

@@ -8,6 +8,7 @@ robot package never imports the cloud side) and parses its text strictly.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from collections.abc import Callable
@@ -21,12 +22,26 @@ from robot.perception import SceneDescription
 Emit = Callable[[Any, bool], None]
 
 
+class StreamSink(Protocol):
+    """The planner's output as it is generated, for the dashboard; callable from any thread. Kinds:
+    `tokens` {text, verified}, `verified` {text} (the oldest unverified text is confirmed), `retract`
+    {text} (the newest unverified text is withdrawn), `round` {round, accepted, drafted, early:
+    [{layer, hit}], predraft_hit}."""
+
+    def __call__(self, kind: str, **data: Any) -> None: ...
+
+
+def _no_stream(kind: str, **data: Any) -> None:
+    pass
+
+
 @dataclass(frozen=True)
 class Observation:
     t: float  # episode time the observation was taken
     instruction: str
     state: RobotState
     scene: SceneDescription | None
+    stream: StreamSink = _no_stream  # where the planner's text goes as it is generated
 
 
 @dataclass
@@ -65,7 +80,9 @@ class PlanBackend(Protocol):
     `verified` says whether its text is verified by the target (False for the draft alone). `complete`
     calls `on_verified` with each new piece of verified text as it is committed (at the end, for backends
     that cannot stream) and returns the whole completion. `grammar` is the plan's JSON schema; a backend
-    passes it on when its decoder takes a grammar, otherwise the strict parser is the only check.
+    passes it on when its decoder takes a grammar, otherwise the strict parser is the only check. A
+    backend whose `complete` also takes `on_stream` (a `StreamSink`) reports its whole output there,
+    unverified tokens, retractions and rounds included; for the others the verified text is streamed.
     """
 
     mode: str
@@ -113,8 +130,11 @@ class ModelPlanner:
     async def plan(self, obs: Observation, emit: Emit) -> PlanStats:
         parser = StreamingPlanParser()
         verified = self.backend.verified
+        streams_itself = _takes(self.backend.complete, "on_stream")
 
         def on_verified(piece: str) -> None:
+            if not streams_itself:
+                obs.stream("tokens", text=piece, verified=verified)
             if parser.error is not None:
                 return
             try:
@@ -124,8 +144,10 @@ class ModelPlanner:
             for action in actions:
                 emit(action, verified)
 
+        extra = {"on_stream": obs.stream} if streams_itself else {}
+        prompt = build_prompt(obs)
         completion = await self.backend.complete(
-            build_prompt(obs), max_tokens=self.max_tokens, schema=PLAN_SCHEMA, on_verified=on_verified
+            prompt, max_tokens=self.max_tokens, schema=PLAN_SCHEMA, on_verified=on_verified, **extra
         )
         try:
             parser.finish()
@@ -140,6 +162,13 @@ class ModelPlanner:
             rejected=rejected,
             extra={"constrained": completion.constrained, "text": completion.text},
         )
+
+
+def _takes(function: Any, name: str) -> bool:
+    try:
+        return name in inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def plan_schema_json() -> str:
