@@ -13,6 +13,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from cloud_server.dashboard import OPEN_PATHS
+from cloud_server.dashboard import router as dashboard_router
 from cloud_server.engine import LoadedTarget, load_target
 from cloud_server.http_api import add_request_bodies
 from cloud_server.http_api import router as openai_router
@@ -83,6 +85,7 @@ def create_app(
 
     app.include_router(ws_router)
     app.include_router(openai_router)
+    app.include_router(dashboard_router)
 
     def openapi() -> dict:
         if app.openapi_schema is None:
@@ -118,7 +121,8 @@ class ApiKeyMiddleware:
         if not self.state.origin_allowed(headers):
             await self._refuse(scope, receive, send, 403, "forbidden_origin", "this Origin is not allowed")
             return
-        if scope["path"] == "/health" and scope["type"] == "http":
+        open_path = scope["path"] == "/health" or scope["path"] in OPEN_PATHS
+        if open_path and scope["type"] == "http" and scope.get("method", "GET") in ("GET", "HEAD"):
             await self.app(scope, receive, send)
             return
         owner = self.state.key_owner(headers)

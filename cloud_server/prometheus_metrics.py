@@ -49,3 +49,20 @@ class ServerMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def snapshot(self) -> dict[str, float | dict[str, float]]:
+        """The registry's current values by metric name (what `/metrics` renders, as JSON): a number, or
+        {label value: number} for a labelled metric; histograms as their `_count` and `_sum`."""
+        out: dict[str, float | dict[str, float]] = {}
+        for family in self.registry.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_created") or sample.name.endswith("_bucket"):
+                    continue
+                if sample.labels:
+                    (label,) = sample.labels.values()
+                    bucket = out.setdefault(sample.name, {})
+                    assert isinstance(bucket, dict)
+                    bucket[label] = sample.value
+                else:
+                    out[sample.name] = sample.value
+        return out

@@ -27,6 +27,7 @@ from fastapi.staticfiles import StaticFiles
 from robot.event_feed import EventFeed
 
 DASHBOARD_DIR = resources.files("robot") / "dashboard"
+DASHBOARD_ASSETS = resources.files("shared") / "dashboard_assets"  # common.js and the stylesheet
 KEY_TIMEOUT_S = 5.0  # a websocket that has not sent its key by then is closed
 
 
@@ -55,7 +56,7 @@ def create_status_app(source: StatusSource, metrics: Any, api_key: str | None = 
     @app.middleware("http")
     async def require_key(request: Request, call_next):
         path = request.url.path
-        if request.method == "GET" and (path == "/" or path.startswith("/dashboard/")):
+        if request.method == "GET" and (path == "/" or path.startswith(("/dashboard/", "/assets/"))):
             return await call_next(request)  # the page shell: static, no data
         if api_key:
             header = request.headers.get("authorization", "")
@@ -95,6 +96,7 @@ def create_status_app(source: StatusSource, metrics: Any, api_key: str | None = 
         return Response(html, media_type="text/html; charset=utf-8", headers={"Cache-Control": "no-store"})
 
     app.mount("/dashboard", StaticFiles(directory=str(DASHBOARD_DIR)), name="dashboard")
+    app.mount("/assets", StaticFiles(directory=str(DASHBOARD_ASSETS)), name="assets")
 
     @app.websocket("/ws")
     async def live(ws: WebSocket) -> None:
