@@ -65,7 +65,7 @@ def test_generate_local_with_a_grammar_matches_generate(pair, option):
 
 def test_grammar_errors_are_clear(pair):
     target, draft, root = pair
-    common = ("generate", "--local", "--target", target, "--draft", draft, "--prompt", "x")
+    common = ("generate", "--local", "--target", target, "--draft", draft, "--exits", "2", "--prompt", "x")
     bad = eespec(*common, "--regex", "(")
     assert bad.returncode == 2 and "bad_grammar" in bad.stderr and "Traceback" not in bad.stderr
     both = eespec(*common, "--regex", "a", "--grammar", str(root / "expr.lark"))
