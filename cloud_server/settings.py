@@ -20,18 +20,47 @@ class ServerSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Secure by default: without a key the app refuses to start unless this says otherwise.
+    insecure_no_auth: bool = False
+    # Browser origins allowed to call the server (a request or upgrade that carries any other `Origin`
+    # header is refused: a web page must not drive a local server). Native clients send no `Origin`.
+    allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     device: str = "cpu"
+    # The served precision (shared.precision): auto (a known model's serving default, else as stored),
+    # float32, bfloat16, float16 or int8 (weight-only).
+    dtype: str = "auto"
     ssl_keyfile: str | None = None
     ssl_certfile: str | None = None
     threads: int | None = None
+    # Slots: websocket sessions and HTTP generations together; one API key may hold at most
+    # `max_sessions_per_key` of them (None: `max_sessions`).
     max_sessions: int = 64
+    max_sessions_per_key: int | None = None
+    max_detached: int = 256
     max_prompt_tokens: int = 4096
     max_tokens: int = 2048
     max_window: int = 16
     ttl_s: float = 60.0
     max_frame_bytes: int = 1 << 20
+    max_body_bytes: int = 1 << 20
+    # A socket that sends no `hello` within `hello_timeout_s`, or nothing at all for `idle_timeout_s`, is
+    # closed (its session detached, so it can still be resumed within `ttl_s`).
+    hello_timeout_s: float = 10.0
+    idle_timeout_s: float = 300.0
+    # An HTTP connection whose request headers are not complete within this is closed (slowloris).
+    header_timeout_s: float = 10.0
+    # SIGTERM: streams end with an error event and websockets close with 1012 at once; connections
+    # still open after this many seconds are cancelled.
+    shutdown_timeout_s: float = 5.0
 
-    @field_validator("exit_layers", "api_key", mode="before")
+    @field_validator("dtype")
+    @classmethod
+    def _known_precision(cls, value: str) -> str:
+        from shared.precision import check_precision
+
+        return check_precision(value)
+
+    @field_validator("exit_layers", "api_key", "allowed_origins", mode="before")
     @classmethod
     def _list_from_env(cls, value: Any) -> Any:
         """Environment values: a JSON list, or comma-separated ("10,20", "key1,key2"), or one value."""
@@ -50,4 +79,9 @@ class ServerSettings(BaseSettings):
             max_window=self.max_window,
             ttl_s=self.ttl_s,
             max_frame_bytes=self.max_frame_bytes,
+            idle_timeout_s=self.idle_timeout_s,
         )
+
+    @property
+    def per_key_limit(self) -> int:
+        return self.max_sessions if self.max_sessions_per_key is None else self.max_sessions_per_key

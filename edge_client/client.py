@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
+import ssl
 import statistics
+import struct
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -33,8 +36,8 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from edge_client.decoder import GenerationResult
 from edge_client.draft import DraftEngine, DraftGrammar, DraftWindow
 from edge_client.events import EventCallback, StreamEvent
-from edge_client.generation_metrics import GenerationMetrics
 from edge_client.predraft import Hypothesis, Predrafter, PredraftStats
+from edge_client.rounds import RoundLedger
 from edge_client.window import AdaptiveWindow
 from shared.grammar import GrammarSpec, parse_grammar
 from shared.hashing import ids_hash, vocab_hash
@@ -70,24 +73,21 @@ class LinkLost(Exception):
     """The socket dropped, or the server stayed silent past `verdict_timeout_s`."""
 
 
-@dataclass
-class _Generation:
-    prompt: list[int]
+@dataclass(kw_only=True)
+class _Generation(RoundLedger):
+    """One request's books (`RoundLedger`) plus what the network adds: the stream shown to the caller
+    (verified and unverified tokens, retractions), the session, windows, RTTs and link events."""
+
     sampling: SamplingParams
     max_tokens: int
     stop: list[str] | None
     on_event: EventCallback | None
     grammar: GrammarSpec | None = None
     draft_grammar: DraftGrammar | None = None  # the same grammar on the draft: legal proposals only
-    committed: list[int] = field(default_factory=list)
     provisional: list[int] = field(default_factory=list)  # unverified tokens shown after `committed`
     session_id: str | None = None
     started: bool = False
-    finished: bool = False
-    finish_reason: str | None = None
-    round_no: int = 0
     next_window: DraftWindow | None = None  # pre-drafted after the last verdict (a hit)
-    metrics: GenerationMetrics = field(default_factory=GenerationMetrics)
     rtts_ms: list[float] = field(default_factory=list)
     windows: list[int] = field(default_factory=list)
     window_reason: str = ""
@@ -96,10 +96,6 @@ class _Generation:
     unverified_emitted: int = 0
     reconnects: int = 0
     restarts: int = 0
-
-    @property
-    def generated(self) -> list[int]:
-        return self.committed[len(self.prompt) :]
 
     def emit(self, event: StreamEvent) -> None:
         if self.on_event is not None:
@@ -122,10 +118,10 @@ class _Generation:
             self.provisional = shown[matched:]
         if matched < len(new):
             self.emit(StreamEvent.tokens(new[matched:], verified=True))
-        self.committed.extend(new)
+        super().commit(new)
 
     def finish(self, reason: str | None) -> None:
-        self.finished, self.finish_reason = True, reason
+        super().finish(reason)
         if self.provisional:  # shown but never verified: the generation ended before them
             self.emit(StreamEvent.retract(self.provisional))
             self.retracted += len(self.provisional)
@@ -154,6 +150,8 @@ class EdgeClient:
         backoff_s: float = 0.05,
         backoff_max_s: float = 2.0,
         open_timeout: float = 10.0,
+        max_retries: int = 3,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.url = _speculate_url(url)
         self.draft = draft
@@ -174,6 +172,9 @@ class EdgeClient:
         self.backoff_s = backoff_s
         self.backoff_max_s = backoff_max_s
         self.open_timeout = open_timeout
+        # Per generation: `retryable` errors resent, and generations the server ended restarted.
+        self.max_retries = max_retries
+        self.ssl_context = ssl_context  # for wss:// with a private CA (None: the system's trust store)
         self.ws: ClientConnection | None = None
         self.welcome: Welcome | None = None
         self.windows: AdaptiveWindow | None = None
@@ -197,6 +198,11 @@ class EdgeClient:
                 open_timeout=self.open_timeout,
                 max_size=None,
                 compression=None,
+                **(
+                    {"ssl": self.ssl_context}
+                    if self.ssl_context is not None and self.url.startswith("wss")
+                    else {}
+                ),
             )
         except InvalidStatus as exc:
             if exc.response.status_code in (401, 403):  # final: retrying cannot help
@@ -248,19 +254,41 @@ class EdgeClient:
             self.windows = AdaptiveWindow(max_window, fixed=self.window, initial=min(4, max_window))
         windows = self.windows
         predrafter = Predrafter(self.draft, windows.initial, gen.sampling, stats, gen.draft_grammar)
-        while not gen.finished:
-            try:
-                if self.ws is None:
-                    raise LinkLost("not connected")
-                if not gen.started:
-                    await self._start(gen, gen.prompt, gen.max_tokens)
-                else:
-                    await self._round(gen, windows, predrafter)
-            except LinkLost as exc:
-                log.info("link lost (%s); recovering", exc)
-                await predrafter.stop()
-                await self._recover(gen)
-        await predrafter.stop()
+        retries = 0
+        try:
+            while not gen.finished:
+                try:
+                    if self.ws is None:
+                        raise LinkLost("not connected")
+                    if not gen.started:
+                        await self._start(gen, gen.prompt, gen.max_tokens)
+                    else:
+                        await self._round(gen, windows, predrafter)
+                except LinkLost as exc:
+                    log.info("link lost (%s); recovering", exc)
+                    await predrafter.stop()
+                    await self._recover(gen)
+                except EdgeError as exc:
+                    # Only an error the server says is safe to retry, or one that ended the generation
+                    # server-side (`internal`, not retryable: restart from the committed tokens).
+                    restartable = exc.code == "internal" and gen.started
+                    if not (exc.retryable or restartable) or retries >= self.max_retries:
+                        raise
+                    retries += 1
+                    await predrafter.stop()
+                    gen.next_window = None
+                    if exc.retryable:
+                        log.info("retrying after %s (%d/%d)", exc.code, retries, self.max_retries)
+                        if gen.started:
+                            gen.abandon_round(resend=True)  # the server rolled the round back
+                        await asyncio.sleep(min(self.backoff_s * 2**retries, self.backoff_max_s))
+                    else:
+                        log.info("the server ended the generation (%s); restarting", exc.message)
+                        await self._restart(gen)
+        finally:
+            # Every exit path (an error, a cancellation): no draft thread may outlive this call, or it
+            # would write the shared draft cache while the next generate() drafts on it.
+            await predrafter.stop()
         m = gen.metrics
         m.draft_s += predrafter.draft_s
         m.predraft_started = sum(stats.started.values())
@@ -286,26 +314,27 @@ class EdgeClient:
         }
         return result
 
-    async def _start(self, gen: _Generation, token_ids: list[int], max_tokens: int) -> None:
+    async def _start(
+        self,
+        gen: _Generation,
+        token_ids: list[int],
+        max_tokens: int,
+        sampling: SamplingParams | None = None,
+        generated: int = 0,
+    ) -> None:
         start = Start(
             token_ids=token_ids,
-            sampling=gen.sampling,
+            sampling=sampling or gen.sampling,
             max_tokens=max_tokens,
             stop=gen.stop,
+            generated=generated,
             grammar=gen.grammar.model_dump(exclude_none=True) if gen.grammar is not None else None,
-            # A restart sends the committed tokens as the prompt: those past the prompt were generated
-            # under the grammar already.
-            grammar_consumed=len(token_ids) - len(gen.prompt) if gen.grammar is not None else 0,
         )
         await self._send(start.model_dump(mode="json", exclude_none=True))
         started = await self._expect(Started, timeout=self.verdict_timeout_s)
         gen.started = True
         gen.session_id = self.welcome.session_id if self.welcome else None
-        gen.round_no = 0
-        gen.metrics.server_busy_s += started.server_ms / 1000.0
-        gen.commit([started.first_token])
-        if started.finished:
-            gen.finish(started.finish_reason)
+        gen.on_started(started)
 
     async def _round(self, gen: _Generation, windows: AdaptiveWindow, predrafter: Predrafter) -> None:
         choice = windows.choose()
@@ -315,28 +344,21 @@ class EdgeClient:
         predrafter.k = k
         window, gen.next_window = gen.next_window, None
         if window is None or tuple(window.prefix) != tuple(gen.committed):
-            window = await asyncio.to_thread(
-                self.draft.draft, gen.committed, k, gen.sampling, None, gen.draft_grammar
-            )
+            window = await draft_off_loop(self.draft, gen.committed, k, gen.sampling, gen.draft_grammar)
             gen.metrics.draft_s += window.draft_s
         k = len(window.tokens)  # a pre-drafted window keeps the size chosen when it was drafted
         gen.windows.append(k)
-        gen.round_no += 1
+        message = gen.open_round(window)
         t_sent = time.perf_counter()
-        await self._send(window.to_message(gen.round_no).model_dump(mode="json", exclude_none=True))
+        await self._send(message.model_dump(mode="json", exclude_none=True))
         if self.preempt and self.optimistic and windows.full_acceptance(k) >= self.optimistic_min:
             guess = Hypothesis((*window.prefix, *window.tokens), "optimistic", rank=0.0, guess_next=True)
             await predrafter.request(guess)
-        verdict, last_early = await self._await_verdict(gen, window, predrafter)
+        verdict = await self._await_verdict(gen, window, predrafter)
         wait_s = time.perf_counter() - t_sent
-        m = gen.metrics
-        m.verify_wait_s += wait_s
+        gen.metrics.verify_wait_s += wait_s
         rtt_ms = max(0.0, wait_s * 1000.0 - verdict.server_ms)
         gen.rtts_ms.append(rtt_ms)
-        m.server_busy_s += verdict.server_ms / 1000.0
-        m.rounds += 1
-        m.drafted += len(window.tokens)
-        m.accepted += verdict.accepted
         windows.observe(
             k,
             verdict.accepted,
@@ -344,20 +366,12 @@ class EdgeClient:
             verdict.verify_ms / 1e3,
             rtt_ms / 1e3,
         )
-        if last_early is not None:
-            m.early_rounds += 1
-            m.early_hits += (last_early.accepted, last_early.token) == (verdict.accepted, verdict.token)
-        new = list(window.tokens[: verdict.accepted]) + ([verdict.token] if verdict.token is not None else [])
-        gen.commit(new)
-        if verdict.finished:
-            gen.finish(verdict.finish_reason)
+        gen.close_round(verdict)
+        if gen.finished:
             return
         gen.next_window = await predrafter.settle(tuple(gen.committed))
 
-    async def _await_verdict(
-        self, gen: _Generation, window: DraftWindow, predrafter: Predrafter
-    ) -> tuple[Verdict, Early | None]:
-        last_early: Early | None = None
+    async def _await_verdict(self, gen: _Generation, window: DraftWindow, predrafter: Predrafter) -> Verdict:
         unverified: _UnverifiedDrafting | None = None
         deadline = time.monotonic() + self.verdict_timeout_s
         try:
@@ -374,16 +388,14 @@ class EdgeClient:
                     await predrafter.stop()
                     unverified = _UnverifiedDrafting(self, gen, list(window.tokens))
                     continue
-                if isinstance(frame, Early) and frame.round == gen.round_no:
-                    gen.metrics.early_predictions += 1
-                    last_early = frame
+                if isinstance(frame, Early) and gen.note_early(frame):
                     if self.preempt and unverified is None:
                         prefix = (*window.prefix, *window.tokens[: frame.accepted], frame.token)
                         # A confident exit outranks the optimistic guess; a deeper exit outranks a shallower.
                         rank = frame.layer if frame.confidence >= self.early_trust else 0.0
                         await predrafter.request(Hypothesis(prefix, f"early@{frame.layer}", rank))
                 elif isinstance(frame, Verdict) and frame.round == gen.round_no:
-                    return frame, last_early
+                    return frame
         finally:
             if unverified is not None:
                 await unverified.stop()
@@ -391,6 +403,7 @@ class EdgeClient:
     async def _recover(self, gen: _Generation) -> None:
         """Reconnect with backoff, then resume the session (or restart from the committed tokens)."""
         await self.close()
+        gen.abandon_round()
         unverified = None
         deadline = time.monotonic() + self.reconnect_timeout_s
         delay = self.backoff_s
@@ -408,7 +421,9 @@ class EdgeClient:
                         return
                     await self._restart(gen)
                     return
-                except (LinkLost, *LINK_ERRORS) as exc:
+                except (LinkLost, *LINK_ERRORS, EdgeError) as exc:
+                    if isinstance(exc, EdgeError) and not exc.retryable:
+                        raise  # e.g. unauthorized, vocab_mismatch: retrying cannot help
                     await self.close()
                     if time.monotonic() + delay > deadline:
                         message = f"could not reconnect within {self.reconnect_timeout_s} s: {exc}"
@@ -445,11 +460,18 @@ class EdgeClient:
         return True
 
     async def _restart(self, gen: _Generation) -> None:
-        """The server lost the session: start again from the committed tokens (exact: greedy continues
-        identically, and sampling continues from the target's own distribution)."""
+        """The server lost or ended the session: start again from the committed tokens (exact: greedy
+        continues identically, and sampling continues from the target's own distribution).
+
+        The restarted generation's seed is derived from (seed, committed length), so its uniforms are not
+        the ones the first start drew again; `generated` tells the server which committed tokens are
+        output already, so stop strings that span the restart and `max_tokens` count them.
+        """
         gen.restarts += 1
-        remaining = gen.max_tokens - len(gen.generated)
-        await self._start(gen, list(gen.committed), remaining)
+        sampling = gen.sampling.model_copy(
+            update={"seed": restart_seed(gen.sampling.seed, len(gen.committed))}
+        )
+        await self._start(gen, list(gen.committed), gen.max_tokens, sampling, generated=len(gen.generated))
 
     async def _send(self, payload: dict[str, Any]) -> None:
         if self.ws is None:
@@ -521,7 +543,35 @@ class _UnverifiedDrafting:
 
     async def stop(self) -> None:
         self.halt.set()
-        await self.task
+        await asyncio.shield(self.task)  # a cancelled caller must not cancel the task under its thread
+
+
+async def draft_off_loop(
+    engine: DraftEngine,
+    prefix: Sequence[int],
+    k: int,
+    sampling: SamplingParams,
+    grammar: DraftGrammar | None = None,
+) -> DraftWindow:
+    """`engine.draft` on a thread; a cancelled caller stops the draft and waits for the thread, so no
+    draft outlives the generation that asked for it."""
+    cancel = threading.Event()
+    future = asyncio.ensure_future(asyncio.to_thread(engine.draft, prefix, k, sampling, cancel, grammar))
+    try:
+        window = await asyncio.shield(future)
+    except asyncio.CancelledError:
+        cancel.set()
+        await asyncio.wait([future])
+        raise
+    assert window is not None  # only a cancelled draft is None
+    return window
+
+
+def restart_seed(seed: int, committed_len: int) -> int:
+    """The seed of a generation restarted after `committed_len` committed ids: fresh uniforms, still a
+    pure function of the request (the same restart gives the same output)."""
+    digest = hashlib.sha256(struct.pack("<qq", seed, committed_len) + b"restart").digest()
+    return int.from_bytes(digest[:8], "little") >> 2  # within SamplingParams' seed range
 
 
 def _speculate_url(url: str) -> str:

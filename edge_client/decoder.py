@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from edge_client.draft import DraftEngine, DraftGrammar, DraftWindow
 from edge_client.generation_metrics import GenerationMetrics
+from edge_client.rounds import RoundLedger
 from shared.grammar import GrammarSpec, parse_grammar
 from shared.protocol import Draft, Early, Started, Verdict
 from shared.sampling import SamplingParams
@@ -66,34 +67,21 @@ class SpeculativeDecoder:
         """`grammar` ({"json_schema": {...}} | {"regex": ...} | {"lark": ...}) constrains the target; the
         draft applies it too when its engine has a tokenizer."""
         sampling = sampling or SamplingParams()
-        metrics = GenerationMetrics()
+        books = RoundLedger(prompt=list(prompt_ids))
+        metrics = books.metrics
         t_start = time.perf_counter()
         spec = parse_grammar(grammar)
         extra = {"grammar": spec} if spec is not None else {}
-        started = self.verifier.start(prompt_ids, sampling, max_tokens, stop, **extra)
+        books.on_started(self.verifier.start(prompt_ids, sampling, max_tokens, stop, **extra))
         draft_grammar = self.draft_engine.grammar_for(spec, len(prompt_ids)) if spec is not None else None
-        metrics.server_busy_s += started.server_ms / 1000.0
-        committed = [*prompt_ids, started.first_token]
-        finish_reason = started.finish_reason
-        finished = started.finished
         next_window: DraftWindow | None = None
-        round_no = 0
-        while not finished:
-            round_no += 1
-            window = (
-                next_window
-                if next_window is not None
-                else self._draft(committed, sampling, metrics, draft_grammar)
-            )
+        while not books.finished:
+            window = next_window or self._draft(books.committed, sampling, metrics, draft_grammar)
+            message = books.open_round(window)
             predrafts: dict[tuple[int, ...], DraftWindow] = {}
-            last_early: list[Early] = []
 
-            def on_early(
-                early: Early, window: DraftWindow = window, predrafts=predrafts, last=last_early
-            ) -> None:
-                metrics.early_predictions += 1
-                last[:] = [early]
-                if not self.preempt:
+            def on_early(early: Early, window: DraftWindow = window, predrafts=predrafts) -> None:
+                if not books.note_early(early) or not self.preempt:
                     return
                 hypothesis = (*window.prefix, *window.tokens[: early.accepted], early.token)
                 if hypothesis not in predrafts:
@@ -101,27 +89,15 @@ class SpeculativeDecoder:
                     metrics.predraft_started += 1
 
             t_wait = time.perf_counter()
-            verdict = self.verifier.verify(window.to_message(round_no), on_early)
+            verdict = self.verifier.verify(message, on_early)
             metrics.verify_wait_s += time.perf_counter() - t_wait
-            metrics.server_busy_s += verdict.server_ms / 1000.0
-            metrics.rounds += 1
-            metrics.drafted += len(window.tokens)
-            metrics.accepted += verdict.accepted
-            committed.extend(window.tokens[: verdict.accepted])
-            if verdict.token is not None:
-                committed.append(verdict.token)
-            if last_early:
-                metrics.early_rounds += 1
-                if (last_early[0].accepted, last_early[0].token) == (verdict.accepted, verdict.token):
-                    metrics.early_hits += 1
-            finished, finish_reason = verdict.finished, verdict.finish_reason
-            next_window = predrafts.get(tuple(committed))
-            if next_window is not None and not finished:
+            books.close_round(verdict)
+            next_window = predrafts.get(tuple(books.committed))
+            if next_window is not None and not books.finished:
                 metrics.predraft_hits += 1
         metrics.total_s = time.perf_counter() - t_start
-        generated = committed[len(prompt_ids) :]
-        metrics.generated_tokens = len(generated)
-        return GenerationResult(token_ids=generated, finish_reason=finish_reason, metrics=metrics)
+        metrics.generated_tokens = len(books.generated)
+        return GenerationResult(token_ids=books.generated, finish_reason=books.finish_reason, metrics=metrics)
 
     def _draft(
         self,

@@ -59,6 +59,9 @@ class DraftEngine:
         self.model = model
         self.q_top_k = q_top_k
         self.kv_cache = CachedLM(model)
+        # One KV cache: drafts from several threads (a pre-draft still running when another starts) take
+        # turns instead of interleaving their writes.
+        self._lock = threading.Lock()
         self.tokenizer = tokenizer  # needed only to apply a grammar to the draft
 
     def grammar_for(
@@ -91,6 +94,17 @@ class DraftEngine:
         """
         if k < 1:
             raise ValueError("a window has at least one token")
+        with self._lock:
+            return self._draft(prefix, k, sampling, cancel, grammar)
+
+    def _draft(
+        self,
+        prefix: Sequence[int],
+        k: int,
+        sampling: SamplingParams,
+        cancel: threading.Event | None,
+        grammar: DraftGrammar | None,
+    ) -> DraftWindow | None:
         t0 = time.perf_counter()
         pending = self.kv_cache.sync(prefix)
         logits = self.kv_cache.forward(pending, keep=1)[-1]

@@ -104,15 +104,16 @@ class Predrafter:
         task = self._task
         if task is not None and not task.done():
             self._cancel.set()
-            await task
+            await asyncio.shield(task)
         self._running = None
 
     async def stop(self) -> None:
-        """Cancel everything and wait until the draft model is free."""
+        """Cancel everything and wait until the draft model is free (awaits are shielded throughout: a
+        cancelled awaiter would otherwise cancel the task while its draft thread runs on)."""
         self._queued = None
         while self._task is not None and not self._task.done():
             self._cancel.set()
-            await self._task
+            await asyncio.shield(self._task)
         self._running = None
 
     async def settle(self, committed: tuple[int, ...]) -> DraftWindow | None:
@@ -124,7 +125,9 @@ class Predrafter:
             and running.prefix == (committed[:-1] if running.guess_next else committed)
         ):
             self._queued = None
-            await self._task  # the right hypothesis is being drafted: let it finish
+            # The right hypothesis is being drafted: let it finish. Shielded: a caller cancelled here must
+            # not cancel the task (its draft thread would run on, unseen by `stop`).
+            await asyncio.shield(self._task)
         await self.stop()
         hit = self.done.get(committed)
         self.done.clear()

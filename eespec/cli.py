@@ -11,7 +11,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from eespec.defaults import DEFAULT_DRAFT, DEFAULT_EXIT_LAYERS, DEFAULT_TARGET, DEFAULT_WINDOW
+from shared.defaults import (
+    DEFAULT_DRAFT,
+    DEFAULT_EXIT_LAYERS,
+    DEFAULT_TARGET,
+    DEFAULT_TARGET_DTYPE,
+    DEFAULT_WINDOW,
+    PAIRS,
+)
 
 # Commands import torch and transformers lazily, so `eespec --help` and `eespec netem` start at once.
 
@@ -20,6 +27,9 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="Fetch, verify and convert known models (offline after the first pull).")
 app.add_typer(models_app, name="models")
+from eespec.robot_cli import robot_app  # noqa: E402  (imports nothing heavy at load time)
+
+app.add_typer(robot_app, name="robot")
 err = Console(stderr=True)
 
 
@@ -33,6 +43,21 @@ def _quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+
+
+DTYPE_HELP = (
+    "The target's precision: auto (bfloat16 for the default target, else as stored), float32, bfloat16, "
+    "float16 or int8 (weight-only, bf16 activations)."
+)
+DRAFT_HELP = "Draft model name or path; append +ngram to combine it with prompt-lookup proposals."
+
+
+def _check_dtype(dtype: str) -> str:
+    from shared.precision import PRECISIONS
+
+    if dtype not in PRECISIONS:
+        raise typer.BadParameter(f"unknown {dtype!r}; valid: {', '.join(PRECISIONS)}", param_hint="--dtype")
+    return dtype
 
 
 def _parse_layers(text: str) -> tuple[int, ...]:
@@ -84,7 +109,8 @@ def generate(
     local: Annotated[bool, typer.Option(help="Run draft and target in this process.")] = False,
     server: Annotated[str | None, typer.Option(help="Cloud server URL (ws://host:port).")] = None,
     target: Annotated[str, typer.Option(help="Target model name or path.")] = DEFAULT_TARGET,
-    draft: Annotated[str, typer.Option(help="Draft model name or path.")] = DEFAULT_DRAFT,
+    draft: Annotated[str, typer.Option(help=DRAFT_HELP)] = DEFAULT_DRAFT,
+    dtype: Annotated[str, typer.Option(help="With --local: " + DTYPE_HELP)] = DEFAULT_TARGET_DTYPE,
     max_tokens: Annotated[int, typer.Option(min=1)] = 64,
     temperature: Annotated[float, typer.Option(min=0.0)] = 0.0,
     top_k: Annotated[int, typer.Option(min=0)] = 0,
@@ -93,10 +119,14 @@ def generate(
     chat: Annotated[bool, typer.Option(help="Wrap the prompt in the chat template.")] = False,
     window: Annotated[int, typer.Option(min=1, max=16, help="Draft tokens per round.")] = DEFAULT_WINDOW,
     exits: Annotated[
-        str, typer.Option(help="Exit layers, e.g. 15,20; the shipped trained heads where they exist.")
-    ] = ",".join(map(str, DEFAULT_EXIT_LAYERS)),
+        str | None,
+        typer.Option(
+            help="Exit layers, e.g. 15,20 (default 24); the shipped trained heads where they exist. With "
+            "--server: the subset of the server's exits to receive early frames from."
+        ),
+    ] = None,
     exits_dir: Annotated[
-        str | None, typer.Option(help="Trained exit heads (exits.json + safetensors).")
+        str | None, typer.Option(help="With --local: trained exit heads (exits.json + safetensors).")
     ] = None,
     preempt: Annotated[bool, typer.Option(help="Pre-draft on early-exit predictions.")] = True,
     api_key: Annotated[
@@ -126,6 +156,11 @@ def generate(
     grammar_spec = _grammar_option(json_schema, regex, grammar)
     if fallback not in ("wait", "continue"):
         _fail("--fallback is 'wait' or 'continue'")
+    if server and (exits_dir is not None or target != DEFAULT_TARGET):
+        # The server runs the target and exit heads it was started with; ignoring these would mislead.
+        _fail("--target and --exits-dir apply to --local only (the server serves its own target and heads)")
+    exit_layers = _parse_layers(exits) if exits is not None else tuple(DEFAULT_EXIT_LAYERS)
+    _check_dtype(dtype)
     _quiet_transformers()
     from edge_client.client import EdgeError
     from shared.errors import ProtocolError
@@ -142,11 +177,12 @@ def generate(
             pipeline = LocalPipeline.load(
                 target,
                 draft,
-                exit_layers=_parse_layers(exits),
+                exit_layers=exit_layers,
                 exits_dir=exits_dir,
                 window=window,
                 preempt=preempt,
                 threads=threads,
+                dtype=dtype,
             )
             result, text, prompt_ids = pipeline.generate(
                 prompt, max_tokens=max_tokens, sampling=sampling, chat=chat, stop=stop, grammar=grammar_spec
@@ -170,6 +206,7 @@ def generate(
                 adaptive=adaptive,
                 fallback=fallback,
                 threads=threads,
+                exits=list(exit_layers) if exits is not None else None,
             )
     except (ModelError, ValueError) as exc:
         _fail(str(exc))
@@ -226,27 +263,35 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
     api_key: Annotated[
-        list[str] | None, typer.Option(help="Accepted API key, repeatable (env EESPEC_API_KEY, a JSON list).")
+        list[str] | None,
+        typer.Option(
+            help="Accepted API key, repeatable. Prefer env EESPEC_API_KEY (a list: JSON or commas): "
+            "a key on the command line is visible to every user in `ps`."
+        ),
     ] = None,
+    insecure_no_auth: Annotated[
+        bool, typer.Option("--insecure-no-auth", help="Serve without an API key: every route open to anyone.")
+    ] = False,
     ssl_keyfile: Annotated[str | None, typer.Option()] = None,
     ssl_certfile: Annotated[str | None, typer.Option()] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads.")] = None,
     device: Annotated[
         str | None, typer.Option(help="torch device for the target, e.g. cuda (default cpu).")
     ] = None,
+    dtype: Annotated[str | None, typer.Option(help=DTYPE_HELP + f" Default {DEFAULT_TARGET_DTYPE}.")] = None,
     log_level: str = "info",
 ) -> None:
     """Run the cloud server: /v1/speculate, OpenAI-compatible routes, /health, /metrics.
 
-    Every option falls back to its EESPEC_* environment variable, then to the default."""
+    Every option falls back to its EESPEC_* environment variable, then to the default. Without an API key
+    the server refuses to start unless --insecure-no-auth."""
     _quiet_transformers()
     import logging
 
-    import uvicorn
-
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from cloud_server.app import create_app
+    from cloud_server.app import InsecureConfig, create_app
+    from cloud_server.serving import make_server
     from cloud_server.settings import ServerSettings
 
     given = {
@@ -256,24 +301,24 @@ def serve(
         "host": host,
         "port": port,
         "api_key": api_key,
+        "insecure_no_auth": insecure_no_auth or None,
         "ssl_keyfile": ssl_keyfile,
         "ssl_certfile": ssl_certfile,
         "threads": threads,
         "device": device,
+        "dtype": _check_dtype(dtype) if dtype is not None else None,
     }
     overrides = {key: value for key, value in given.items() if value is not None}
     settings = ServerSettings(**overrides)
-    if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
-        err.print("[yellow]warning:[/] listening beyond loopback without --api-key")
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        ssl_keyfile=settings.ssl_keyfile,
-        ssl_certfile=settings.ssl_certfile,
-        log_level=log_level,
-        ws_max_size=4 * settings.max_frame_bytes,
-    )
+    try:
+        app_ = create_app(settings)
+    except InsecureConfig as exc:
+        _fail(f"{exc} (docs/deploy.md)")
+    if not settings.api_key:
+        err.print(
+            "[bold red]INSECURE:[/] --insecure-no-auth: every route and the websocket are open to anyone"
+        )
+    make_server(app_, settings, log_level=log_level).run()
 
 
 @app.command(
@@ -384,11 +429,26 @@ def bench(
     json_file: Annotated[
         str | None, typer.Option("--json", help="Also write this run's records to FILE (a JSON list).")
     ] = None,
+    pair: Annotated[
+        str | None,
+        typer.Option(
+            help=f"A model pair preset ({', '.join(PAIRS)}): 'paper' = Qwen2.5-Coder 1.5B target, 0.5B draft "
+            "(1.6 GB to pull, ~11 GB RAM). Overrides --target and --draft."
+        ),
+    ] = None,
     target: Annotated[str, typer.Option(help="Target model name or path.")] = DEFAULT_TARGET,
-    draft: Annotated[str, typer.Option(help="Draft model name or path.")] = DEFAULT_DRAFT,
-    exits: Annotated[str, typer.Option(help="Server exit layers, e.g. 20.")] = ",".join(
-        map(str, DEFAULT_EXIT_LAYERS)
-    ),
+    draft: Annotated[str, typer.Option(help=DRAFT_HELP)] = DEFAULT_DRAFT,
+    dtype: Annotated[str, typer.Option(help=DTYPE_HELP)] = DEFAULT_TARGET_DTYPE,
+    exits: Annotated[
+        str | None, typer.Option(help="Server exit layers, e.g. 20 (default: the pair's).")
+    ] = None,
+    prompts_file: Annotated[
+        str | None,
+        typer.Option(
+            help='Your prompts instead of the shipped workloads: JSON {"workload name": [prompt, ...]} '
+            "(plain prompts, no chat template); every workload in it runs unless --workloads picks some."
+        ),
+    ] = None,
     modes: Annotated[str | None, typer.Option(help=f"Comma list of {', '.join(BENCH_MODES)}.")] = None,
     workloads: Annotated[str | None, typer.Option(help="Comma list (default code,prose,robot).")] = None,
     rtt_ms: Annotated[str | None, typer.Option(help="RTTs in ms (default 0,20,50,100,200).")] = None,
@@ -434,9 +494,28 @@ def bench(
     from pathlib import Path
 
     from eespec.bench.cells import BenchConfig, parse_window
-    from shared.workloads import available_workloads
+    from shared.workloads import available_workloads, load_workloads_file
 
-    workload_list = _csv(workloads, "--workloads", tuple(available_workloads())) or ("code", "prose", "robot")
+    _check_dtype(dtype)
+    if pair is not None:
+        if pair not in PAIRS:
+            raise typer.BadParameter(f"unknown {pair!r}; valid: {', '.join(PAIRS)}", param_hint="--pair")
+        target, draft = PAIRS[pair].target, PAIRS[pair].draft
+        exit_text = exits if exits is not None else ",".join(map(str, PAIRS[pair].exits))
+    else:
+        exit_text = exits if exits is not None else ",".join(map(str, DEFAULT_EXIT_LAYERS))
+    if prompts_file is not None:
+        try:
+            known = tuple(w.name for w in load_workloads_file(Path(prompts_file)))
+        except (OSError, ValueError) as exc:
+            raise typer.BadParameter(str(exc), param_hint="--prompts-file") from None
+        workload_list = _csv(workloads, "--workloads", known) or known
+    else:
+        workload_list = _csv(workloads, "--workloads", tuple(available_workloads())) or (
+            "code",
+            "prose",
+            "robot",
+        )
     mode_list = _csv(modes, "--modes", BENCH_MODES) or BENCH_MODES
     try:
         window_list = tuple(
@@ -451,7 +530,9 @@ def bench(
     cfg = BenchConfig(
         target=target,
         draft=draft,
-        exits=_parse_layers(exits),
+        exits=_parse_layers(exit_text),
+        dtype=dtype,
+        prompts_file=prompts_file,
         modes=mode_list,
         workloads=workload_list,
         rtts_ms=_numbers(rtt_ms, "--rtt-ms") or ((0.0, 50.0) if quick else (0.0, 20.0, 50.0, 100.0, 200.0)),

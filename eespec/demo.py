@@ -21,8 +21,8 @@ from rich.table import Table
 from cloud_server.engine import shipped_exit_heads
 from edge_client.client import EdgeClient
 from edge_client.draft import DraftEngine
-from eespec.defaults import DEFAULT_DRAFT, DEFAULT_EXIT_LAYERS, DEFAULT_TARGET
 from eespec.processes import ServerProcess, pin_to_core
+from shared.defaults import DEFAULT_DRAFT, DEFAULT_EXIT_LAYERS, DEFAULT_TARGET
 from shared.models import load_model, pull_model
 from shared.sampling import SamplingParams
 

@@ -14,8 +14,10 @@ import torch
 from cloud_server.engine import EarlyExitTarget, EngineLimits, TargetSession, eos_ids_of, resolve_exit_heads
 from edge_client.decoder import GenerationResult, SpeculativeDecoder
 from edge_client.draft import DraftEngine
+from edge_client.proposers import make_proposer, split_draft_name
 from shared.hashing import vocab_hash
 from shared.models import load_model
+from shared.precision import load_in_precision
 from shared.sampling import SamplingParams
 from shared.stopping import StopStrings
 
@@ -52,11 +54,13 @@ class LocalPipeline:
         window: int = 4,
         preempt: bool = True,
         threads: int | None = None,
+        dtype: str = "auto",
     ) -> LocalPipeline:
         if threads:
             torch.set_num_threads(threads)
-        target_model, tokenizer = load_model(target)
-        draft_model, draft_tokenizer = load_model(draft)
+        target_model, tokenizer = load_in_precision(target, dtype)
+        draft_name, ngram = split_draft_name(draft)
+        draft_model, draft_tokenizer = load_model(draft_name)
         if vocab_hash(tokenizer) != vocab_hash(draft_tokenizer):
             raise ValueError("draft and target tokenizers differ (vocab_hash mismatch); they must share one")
         name = str(target).rstrip("/").split("/")[-1]
@@ -69,8 +73,8 @@ class LocalPipeline:
             limits=EngineLimits(max_window=max(16, window)),
         )
         # The draft gets the tokenizer so that it applies a request's grammar to its own proposals too.
-        engine = DraftEngine(draft_model, tokenizer=tokenizer)
-        decoder = SpeculativeDecoder(engine, session, window=window, preempt=preempt)
+        proposer = make_proposer(DraftEngine(draft_model, tokenizer=tokenizer), ngram=ngram)
+        decoder = SpeculativeDecoder(proposer, session, window=window, preempt=preempt)
         return cls(target_model, draft_model, tokenizer, early_target, session, decoder)
 
     def generate(

@@ -37,8 +37,10 @@ class ServerProcess:
         exits: str | None = None,
         threads: int = 1,
         core: int | None = None,
+        dtype: str | None = None,
     ) -> None:
         self.target = target
+        self.dtype = dtype
         self.port = port or free_port()
         self.api_key = api_key or secrets.token_hex(16)
         self.exits = exits
@@ -52,12 +54,16 @@ class ServerProcess:
 
     def start(self, timeout: float = 300.0) -> ServerProcess:
         command = [sys.executable, "-m", "eespec", "serve", "--target", self.target, "--port", str(self.port)]
-        command += ["--api-key", self.api_key, "--threads", str(self.threads), "--log-level", "warning"]
+        command += ["--threads", str(self.threads), "--log-level", "warning"]
         if self.exits is not None:
             command += ["--exits", self.exits]
+        if self.dtype is not None:
+            command += ["--dtype", self.dtype]
+        # The key travels in the environment, not on argv (which every user can read in `ps`).
+        env = {**os.environ, "EESPEC_API_KEY": self.api_key}
         core = self.core
         self.process = subprocess.Popen(
-            command, preexec_fn=(lambda: pin_to_core(core)) if core is not None else None
+            command, env=env, preexec_fn=(lambda: pin_to_core(core)) if core is not None else None
         )
         deadline = time.monotonic() + timeout
         while True:

@@ -11,6 +11,7 @@ import torch
 from edge_client.client import EdgeClient
 from edge_client.decoder import GenerationResult
 from edge_client.draft import DraftEngine
+from edge_client.proposers import make_proposer, split_draft_name
 from eespec.local import encode_prompt
 from shared.models import load_model
 from shared.sampling import SamplingParams
@@ -34,12 +35,14 @@ def generate_remote(
     adaptive: bool = False,
     fallback: str = "wait",
     threads: int | None = None,
+    exits: Sequence[int] | None = None,
 ) -> tuple[GenerationResult, str, list[int]]:
     if threads:
         torch.set_num_threads(threads)
-    draft_model, tokenizer = load_model(draft)
+    draft_name, ngram = split_draft_name(draft)
+    draft_model, tokenizer = load_model(draft_name)
     prompt_ids = encode_prompt(tokenizer, prompt, chat)
-    engine = DraftEngine(draft_model)
+    engine = make_proposer(DraftEngine(draft_model), ngram=ngram)
 
     async def run() -> GenerationResult:
         client = EdgeClient(
@@ -51,6 +54,7 @@ def generate_remote(
             preempt=preempt,
             optimistic=optimistic,
             fallback="continue" if fallback == "continue" else "wait",
+            exits=exits,  # None: every exit the server runs
         )
         async with client:
             return await client.generate(

@@ -4,11 +4,29 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 
 from shared.sampling import SamplingParams
 
 PROTOCOL_VERSION = 1
+# Stop lists are scanned after every token: bounded so that a frame cannot make that scan expensive.
+MAX_STOPS = 16
+MAX_STOP_CHARS = 256
+
+
+def _utf8(value: str) -> str:
+    """JSON can carry lone surrogates ("\\ud800") that no tokenizer can encode: a client mistake."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_utf8)]
+StopString = Annotated[Text, Field(max_length=MAX_STOP_CHARS)]
+StopList = Annotated[list[StopString], Field(max_length=MAX_STOPS)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 
 
 class _Message(BaseModel):
@@ -31,6 +49,8 @@ class Limits(_Message):
     max_window: int
     ttl_s: float
     max_frame_bytes: int
+    # Extension: the server closes a socket that sends nothing for this long (None: never).
+    idle_timeout_s: float | None = None
 
 
 class Welcome(_Message):
@@ -43,24 +63,24 @@ class Welcome(_Message):
 
 
 class ChatMessage(_Message):
-    role: str
-    content: str
+    role: Text
+    content: Text
 
 
 class Start(_Message):
     type: Literal["start"] = "start"
     token_ids: list[int] | None = None
-    prompt: str | None = None
-    messages: list[ChatMessage] | None = None
+    prompt: Text | None = None
+    messages: list[ChatMessage] | None = Field(None, min_length=1)
     sampling: SamplingParams = Field(default_factory=SamplingParams)
     max_tokens: int = Field(64, ge=1)
-    stop: list[str] | None = None
+    stop: StopList | None = None
+    # Extension: how many trailing `token_ids` are output already (an edge restarting a generation the
+    # server lost); `max_tokens` and stop strings count them, and a grammar has seen them.
+    generated: int = Field(0, ge=0)
     # {"json_schema": {...}} | {"regex": "..."} | {"lark": "..."}; validated by the server (`bad_grammar`),
     # not here, so a bad grammar is not a `bad_frame`.
     grammar: dict[str, Any] | None = None
-    # Extension: how many trailing prompt tokens were already generated under `grammar` (an edge that
-    # restarts a lost generation from its committed tokens sends them as the prompt).
-    grammar_consumed: int = Field(0, ge=0)
 
 
 class Started(_Message):
@@ -75,7 +95,7 @@ class Started(_Message):
 
 class ProposalEntry(_Message):
     ids: list[int]
-    p: list[float]
+    p: list[Probability]
 
 
 class Draft(_Message):

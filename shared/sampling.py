@@ -9,9 +9,10 @@ from __future__ import annotations
 import hashlib
 import struct
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from transformers.generation.logits_process import (
     LogitsProcessorList,
     TemperatureLogitsWarper,
@@ -20,6 +21,24 @@ from transformers.generation.logits_process import (
 )
 
 DEFAULT_Q_TOP_K = 32
+# Below MIN_TEMPERATURE, logits / T overflows float64 (1e-307 gives inf - inf = NaN in the softmax);
+# such a temperature means "greedy", which is temperature 0.
+MIN_TEMPERATURE = 1e-3
+MAX_TEMPERATURE = 100.0
+MAX_TOP_K = 1 << 31
+
+
+def _check_temperature(value: float) -> float:
+    if value != 0.0 and not MIN_TEMPERATURE <= value <= MAX_TEMPERATURE:
+        raise ValueError(f"temperature must be 0 (greedy) or in [{MIN_TEMPERATURE}, {MAX_TEMPERATURE}]")
+    return value
+
+
+Temperature = Annotated[float, Field(ge=0.0, allow_inf_nan=False), AfterValidator(_check_temperature)]
+"""A sampling temperature as the protocol and the HTTP routes accept it: finite, 0 or in a sane range."""
+TopP = Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)]
+TopK = Annotated[int, Field(ge=0, le=MAX_TOP_K)]
+Seed = Annotated[int, Field(ge=0, lt=2**63)]
 
 
 class SamplingParams(BaseModel):
@@ -27,10 +46,10 @@ class SamplingParams(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    temperature: float = Field(0.0, ge=0.0, le=100.0)
-    top_k: int = Field(0, ge=0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int = Field(0, ge=0, lt=2**63)
+    temperature: Temperature = 0.0
+    top_k: TopK = 0
+    top_p: TopP = 1.0
+    seed: Seed = 0
 
     @property
     def greedy(self) -> bool:

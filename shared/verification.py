@@ -6,7 +6,7 @@ distribution for the position of draft token i (row k is the bonus position).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -45,7 +45,7 @@ def sample_inverse_cdf(probs: torch.Tensor, u: float) -> int:
     total = cdf[-1]
     if not total > 0:
         raise ValueError("cannot sample from an all-zero distribution")
-    target = torch.tensor([u], dtype=torch.float64) * total
+    target = torch.tensor([u], dtype=torch.float64, device=cdf.device) * total
     idx = int(torch.searchsorted(cdf, target, right=True).item())
     return min(idx, int(torch.nonzero(probs > 0)[-1].item()))
 
@@ -62,7 +62,7 @@ def residual_distribution(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 
 def greedy_verify(logits: torch.Tensor, draft: Sequence[int]) -> VerifyOutcome:
-    """Accept draft tokens while they equal the target's argmax."""
+    """Accept draft tokens while they equal the target's argmax (one argmax over the rows, one host sync)."""
     _check_shapes(logits, draft)
     argmax = logits.argmax(dim=-1).tolist()
     for i, token in enumerate(draft):
@@ -80,23 +80,33 @@ def speculative_verify(
     """Speculative sampling (Leviathan et al.; Chen et al.) with a sparse proposal q′ per draft token.
 
     Draft token x at row i is accepted when u_i · q′(x) < p_i(x); at the first rejection the token is
-    drawn from the residual norm(max(0, p_i − q′)); after a full window, from p_k. Exact for any q′.
+    drawn from the residual norm(max(0, p − q′)); after a full window, from p_k. Exact for any q′.
     """
     _check_shapes(probs, draft)
+    return _speculative_rows(lambda i: probs[i], probs.shape[-1], draft, proposals, uniforms)
+
+
+def _speculative_rows(
+    row: Callable[[int], torch.Tensor],
+    vocab: int,
+    draft: Sequence[int],
+    proposals: Sequence[SparseProposal],
+    uniforms: RoundUniforms,
+) -> VerifyOutcome:
+    """The rejection test over rows produced on demand: rows after the first rejection are never built."""
     if len(proposals) != len(draft) or len(uniforms.accept) < len(draft):
         raise ValueError("one proposal and one acceptance uniform per draft token")
-    vocab = probs.shape[-1]
     for i, token in enumerate(draft):
         q_x = proposals[i].prob_of(token)
         if q_x <= 0.0:
             raise ValueError(f"draft token {token} at window position {i} is not in its proposal")
-        p_x = float(probs[i, token])
+        p_i = row(i)
+        p_x = float(p_i[token])
         if uniforms.accept[i] * q_x < p_x:
             continue
-        r = residual_distribution(probs[i], proposals[i].dense(vocab))
+        r = residual_distribution(p_i, proposals[i].dense(vocab).to(p_i.device))
         return VerifyOutcome(accepted=i, token=sample_inverse_cdf(r, uniforms.token))
-    k = len(draft)
-    return VerifyOutcome(accepted=k, token=sample_inverse_cdf(probs[k], uniforms.token))
+    return VerifyOutcome(accepted=len(draft), token=sample_inverse_cdf(row(len(draft)), uniforms.token))
 
 
 def verify_window(
@@ -111,8 +121,16 @@ def verify_window(
         return greedy_verify(logits, draft)
     if proposals is None or uniforms is None:
         raise ValueError("sampling verification needs the draft's proposals and the round's uniforms")
-    # The sampling math runs on the CPU in float64: k + 1 rows are cheap to move, and exactness wants float64.
-    return speculative_verify(target_probs(logits.detach().cpu(), params), draft, proposals, uniforms)
+    _check_shapes(logits, draft)
+    rows = logits.detach()
+
+    # Lazily, one row at a time, on the logits' device: a round that rejects at row i warps i + 1 rows,
+    # not k + 1. The warping runs in float64 (the early/final coupling through shared uniforms compares
+    # p against u · q′ and must not depend on rounding); each row's warp equals the batched one.
+    def row(i: int) -> torch.Tensor:
+        return target_probs(rows[i : i + 1], params)[0]
+
+    return _speculative_rows(row, rows.shape[-1], draft, proposals, uniforms)
 
 
 def pick_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
@@ -122,7 +140,7 @@ def pick_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Ge
     if generator is None:
         raise ValueError("sampling needs the session's generator")
     u = float(torch.rand(1, generator=generator, dtype=torch.float64).item())
-    return sample_inverse_cdf(target_probs(logits.detach().cpu()[None], params)[0], u)
+    return sample_inverse_cdf(target_probs(logits.detach()[None], params)[0], u)
 
 
 def _check_shapes(rows: torch.Tensor, draft: Sequence[int]) -> None:

@@ -7,11 +7,10 @@ import threading
 import time
 from collections.abc import Iterator
 
-import uvicorn
-
 from cloud_server.app import create_app
 from cloud_server.engine.exits import ExitHeads
 from cloud_server.engine.loading import LoadedTarget
+from cloud_server.serving import make_server
 from cloud_server.settings import ServerSettings
 from eespec.processes import ServerProcess, free_port
 
@@ -27,9 +26,9 @@ def tiny_loaded(model, tokenizer, exits: tuple[int, ...] = (1, 3), name: str = "
 def running_server(loaded: LoadedTarget, port: int | None = None, **settings) -> Iterator[str]:
     """Serve `loaded` on 127.0.0.1:<port> in a background thread; yields 'http://127.0.0.1:PORT'."""
     port = port or free_port()
-    app = create_app(ServerSettings(port=port, **settings), loaded=loaded)
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws_max_size=16 << 20)
-    server = uvicorn.Server(config)
+    server_settings = ServerSettings(port=port, **settings)
+    app = create_app(server_settings, loaded=loaded)
+    server = make_server(app, server_settings, log_level="warning", ws_max_size=16 << 20)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

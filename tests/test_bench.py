@@ -295,6 +295,59 @@ def test_the_harness_end_to_end_on_tiny_models_and_resume(pair, tmp_path):
     assert [r["id"] for r in again.records] == [r["id"] for r in records]
 
 
+def test_prompts_file_and_ngram_draft_end_to_end_on_tiny_models(pair, tmp_path):
+    """--prompts-file runs the same cells on the user's prompts; a +ngram draft stays exact."""
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps({"mine": ["abc abc abc", "xyz xy"]}))
+    target, draft = pair
+    cfg = tiny_config(
+        pair,
+        draft=f"{draft}+ngram",
+        workloads=("mine",),
+        prompts_file=str(prompts),
+        modes=("cloud-ar", "sd", "colocated-sd"),
+        sweeps=("rtt",),
+        rtts_ms=(0.0,),
+    )
+    out = tmp_path / "out"
+    outcome = run_bench(cfg, out, command="eespec bench (test)", plots=False)
+    assert outcome.problems == [], outcome.problems
+    assert {r["workload"] for r in outcome.records} == {"mine"}
+    for r in outcome.records:
+        assert r["output_matches_target"] is True, r["id"]
+        assert r["extra"]["prompts_file"] == str(prompts)
+    # Other prompts under the same workload name are other cells.
+    prompts.write_text(json.dumps({"mine": ["something else"]}))
+    assert tiny_config(pair, workloads=("mine",), prompts_file=str(prompts)).config_id != cfg.config_id
+    with pytest.raises(ValueError, match="no workload"):
+        tiny_config(pair, workloads=("code",), prompts_file=str(prompts)).workload_specs()
+
+
+def test_precision_is_part_of_the_configuration():
+    base = BenchConfig("/some/tiny", "d", (1,))
+    assert base.served_precision == "stored"
+    assert BenchConfig("/some/tiny", "d", (1,), dtype="float32").config_id == base.config_id
+    assert BenchConfig("/some/tiny", "d", (1,), dtype="bfloat16").config_id != base.config_id
+    # `auto` is the default target's serving precision, bfloat16.
+    assert BenchConfig("smollm2-135m-instruct", "d", (24,)).served_precision == "bfloat16"
+
+
+def test_the_paper_pair_preset_dry_run(tmp_path):
+    """`--pair paper` plans the Qwen2.5-Coder pair without pulling anything (a dry run measures nothing)."""
+    from shared.defaults import PAIRS
+    from shared.models import KNOWN_MODELS
+
+    paper = PAIRS["paper"]
+    assert paper.target in KNOWN_MODELS and paper.draft in KNOWN_MODELS
+    result = CliRunner().invoke(
+        app, ["bench", "--pair", "paper", "--dry-run", "--quick", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "cells" in result.output and not (tmp_path / "results.jsonl").exists()
+    bad = CliRunner().invoke(app, ["bench", "--pair", "nope", "--dry-run", "--out", str(tmp_path)])
+    assert bad.exit_code != 0
+
+
 # -- the smoke test on the default pair ------------------------------------------------------------------
 
 

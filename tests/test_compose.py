@@ -44,3 +44,17 @@ def test_compose_requires_an_api_key():
     result = compose_config()
     assert result.returncode != 0
     assert "EESPEC_API_KEY" in result.stderr
+
+
+def test_the_image_gets_every_package():
+    """The Dockerfile copies the whole context, and .dockerignore leaves out no installed package."""
+    import tomllib
+
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "COPY . ." in dockerfile
+    ignored = {line.strip().strip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()}
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packages = {pattern.rstrip("*") for pattern in include["include"]}
+    assert packages and not packages & ignored, packages & ignored
+    for package in packages:
+        assert (ROOT / package / "__init__.py").is_file(), package

@@ -311,23 +311,19 @@ def test_session_errors_before_any_model_work(target, tok):
 
 
 def test_a_restart_continues_the_grammar_from_the_committed_tokens(target, tok):
-    """`grammar_consumed`: the edge restarts a lost generation with its committed tokens as the prompt."""
+    """`generated`: the edge restarts a lost generation with its committed tokens as the prompt."""
     grammar = GRAMMARS["lark"]
     prompt = tok(PROMPTS[2]).input_ids
     full = oracle_grammar_greedy(target, tok, grammar, prompt, 30)
     cut = 4
     session = TargetSession(EarlyExitTarget(target, None), eos_ids=[EOS], tokenizer=tok)
-    started = session.start(
-        [*prompt, *full[:cut]], SamplingParams(), 30 - cut, grammar=grammar, grammar_consumed=cut
-    )
+    started = session.start([*prompt, *full[:cut]], SamplingParams(), 30, generated=cut, grammar=grammar)
     assert started.first_token == full[cut]
     # Without it the grammar would start again at the committed tokens: another output.
     fresh = TargetSession(EarlyExitTarget(target, None), eos_ids=[EOS], tokenizer=tok)
     assert fresh.start([*prompt, *full[:cut]], SamplingParams(), 30, grammar=grammar).first_token != full[cut]
     with pytest.raises(ProtocolError) as info:
-        session.start(
-            [*prompt, *tok("))").input_ids], SamplingParams(), 8, grammar=grammar, grammar_consumed=2
-        )
+        session.start([*prompt, *tok("))").input_ids], SamplingParams(), 8, generated=2, grammar=grammar)
     assert info.value.code == "bad_grammar"
 
 

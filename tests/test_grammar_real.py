@@ -18,8 +18,8 @@ from edge_client.client import EdgeClient
 from edge_client.decoder import SpeculativeDecoder
 from edge_client.draft import DraftEngine
 from eespec.bench.scripts.grammar_acceptance import GRAMMARS, ROBOT_SCHEMA
-from eespec.defaults import DEFAULT_DRAFT, DEFAULT_TARGET
 from eespec.local import encode_prompt
+from shared.defaults import DEFAULT_DRAFT, DEFAULT_TARGET
 from shared.models import load_model
 from tests.helpers import GrammarLogitsProcessor
 from tests.servers import running_server

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cloud_server.engine.exits import shipped_exit_heads
-from eespec.defaults import DEFAULT_DRAFT, DEFAULT_TARGET
+from shared.defaults import DEFAULT_DRAFT, DEFAULT_TARGET
 from shared.models import resolve_model
 from training.card_check import CHECK_FILE, check_section, compare, compute
 

@@ -12,7 +12,7 @@ import torch
 
 from cloud_server.engine.exits import ExitHeads
 from cloud_server.engine.loading import eos_ids_of
-from eespec.defaults import DEFAULT_DRAFT, DEFAULT_TARGET
+from shared.defaults import DEFAULT_DRAFT, DEFAULT_TARGET
 from shared.models import load_model
 from tests.helpers import build_decoder
 

@@ -115,19 +115,37 @@ def test_speculative_verify_rejects_a_token_outside_its_proposal():
         speculative_verify(probs, [3], [proposal], RoundUniforms(accept=(0.5,), token=0.5))
 
 
-def test_same_uniforms_same_outcome():
-    """The early prediction and the final test agree whenever their distributions agree."""
-    gen = torch.Generator().manual_seed(3)
-    probs = torch.softmax(torch.randn(4, 10, generator=gen, dtype=torch.float64), -1)
-    proposals = [
-        truncated_proposal(torch.randn(10, generator=gen, dtype=torch.float64), 1.0) for _ in range(3)
-    ]
-    draft = [sample_from_proposal(q, keyed_uniform(5, i)) for i, q in enumerate(proposals)]
-    for _ in range(20):
-        u = RoundUniforms.draw(gen, 3)
-        assert speculative_verify(probs, draft, proposals, u) == speculative_verify(
-            probs.clone(), draft, proposals, u
-        )
+def test_an_exit_with_the_targets_distribution_predicts_every_verdict():
+    """The early prediction and the final test agree whenever their distributions agree, because a round
+    draws its uniforms once and both use them. The exit here sees exactly the target's distribution: the
+    layer after it is switched off (zero output projections: the residual passes through unchanged), and
+    an untrained head reads the hidden state with the model's own norm and LM head. Were the early
+    prediction to draw uniforms of its own, sampled rounds would disagree within a few rounds."""
+    from cloud_server.engine import EarlyExitTarget, ExitHeads, TargetSession
+    from edge_client.draft import DraftEngine
+    from shared.tiny import tiny_llama
+
+    target = tiny_llama(0, vocab_size=16, hidden_size=16, layers=2, init_std=0.05)
+    with torch.no_grad():
+        target.model.layers[1].self_attn.o_proj.weight.zero_()
+        target.model.layers[1].mlp.down_proj.weight.zero_()
+    session = TargetSession(EarlyExitTarget(target, ExitHeads.untrained((1,), 16).double()), eos_ids=[])
+    draft = DraftEngine(tiny_llama(1, vocab_size=16, hidden_size=16, layers=1, init_std=0.05))
+    agreed, rejections = 0, 0
+    for seed in range(6):
+        sampling = SamplingParams(temperature=1.0, seed=seed)
+        session.start([1, 2, 3], sampling, max_tokens=30)
+        while not session.finished:
+            window = draft.draft(session.committed, 3, sampling)
+            earlies = []
+            verdict = session.verify(window.to_message(session.round + 1), earlies.append)
+            (early,) = earlies
+            if verdict.finished:  # max_tokens cut this verdict; the prediction does not apply the cut
+                break
+            assert (early.accepted, early.token) == (verdict.accepted, verdict.token)
+            agreed += 1
+            rejections += verdict.accepted < len(window.tokens)
+    assert agreed > 30 and rejections >= 5  # rounds where the shared uniforms decided a rejection
 
 
 def test_proposal_is_float32_truncated_and_contains_its_draws():

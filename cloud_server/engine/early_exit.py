@@ -8,6 +8,7 @@ segments split at the exit layers and call it between segments (hooks do not fir
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,9 +17,10 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from cloud_server.engine.exits import ExitHeads, exit_logits
+from cloud_server.engine.exits import ExitHeads, ShortlistReadout, exit_logits
 from shared.kv import CachedLM
 
+log = logging.getLogger("eespec.engine.early_exit")
 ExitCallback = Callable[[int, torch.Tensor, float], None]
 """(layer, exit logits [keep, V], milliseconds since the forward began)."""
 
@@ -38,6 +40,7 @@ class _ActiveForward:
     layers: frozenset[int]
     callback: ExitCallback
     started: float
+    extra_ids: tuple[int, ...] = ()
 
 
 class EarlyExitTarget:
@@ -50,7 +53,9 @@ class EarlyExitTarget:
         self.lm_head: nn.Module = model.get_output_embeddings()
         self.heads = heads
         self._active: _ActiveForward | None = None
+        self.exit_failures = 0  # exits whose head or callback raised (their early frames were dropped)
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+        self.shortlist: ShortlistReadout | None = None
         if heads is not None:
             bad = [layer for layer in heads.layers if not 1 <= layer < len(self.layers)]
             if bad:
@@ -59,6 +64,9 @@ class EarlyExitTarget:
                     f"for a {len(self.layers)}-layer model"
                 )
             heads.to(device=model.device, dtype=model.dtype)
+            if heads.shortlist is not None:
+                vocab = int(model.config.vocab_size)
+                self.shortlist = ShortlistReadout(self.lm_head, heads.shortlist, vocab).to(model.device)
             for layer in heads.layers:
                 self._hooks.append(self.layers[layer - 1].register_forward_hook(self._hook_for(layer)))
 
@@ -80,14 +88,17 @@ class EarlyExitTarget:
         keep: int,
         on_exit: ExitCallback | None = None,
         layers: Sequence[int] | None = None,
+        extra_ids: Sequence[int] = (),
     ) -> torch.Tensor:
         """Forward `new_ids` on `kv_cache`; final logits of the last `keep` positions.
 
         With `on_exit`, each requested exit's logits for those positions are passed to it mid-forward.
+        `extra_ids` (the window's draft tokens) join the exits' shortlist when they read one.
         """
         if on_exit is not None and self.heads is not None:
             wanted = frozenset(self.exit_layers if layers is None else layers) & frozenset(self.exit_layers)
-            self._active = _ActiveForward(keep, wanted, on_exit, time.perf_counter())
+            extra = tuple(int(t) for t in extra_ids)
+            self._active = _ActiveForward(keep, wanted, on_exit, time.perf_counter(), extra)
         try:
             return kv_cache.forward(new_ids, keep=keep)
         finally:
@@ -98,14 +109,24 @@ class EarlyExitTarget:
         active = self._active
         if active is None or layer not in active.layers or self.heads is None:
             return
-        with torch.inference_mode():
-            logits = exit_logits(
-                hidden[0, -active.keep :], self.heads.adapter(layer), self.norm, self.lm_head
-            )
         # Disarm while the callback runs: it may run other forwards (pre-drafting), even on this same model.
         self._active = None
         try:
+            with torch.inference_mode():
+                rows = hidden[0, -active.keep :]
+                if self.shortlist is not None:
+                    normed = self.norm(self.heads.adapter(layer)(rows))
+                    logits = self.shortlist.logits(normed, active.extra_ids)
+                else:
+                    logits = exit_logits(rows, self.heads.adapter(layer), self.norm, self.lm_head)
             active.callback(layer, logits, (time.perf_counter() - active.started) * 1000.0)
+        except Exception:
+            # An early frame is a prediction only: a failing exit drops that frame, never the forward.
+            self.exit_failures += 1
+            if self.exit_failures == 1:  # the first with its traceback; later ones are counted only
+                log.warning(
+                    "the exit after layer %d failed; its early frame is dropped", layer, exc_info=True
+                )
         finally:
             self._active = active
 

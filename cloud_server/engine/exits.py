@@ -3,12 +3,19 @@
 An exit after decoder layer L (1-based: "after layer L") maps that layer's hidden state h to logits
 lm_head(norm(adapter(h))). Adapters are residual (h + f(h)) and zero-initialised, so an untrained head is
 exactly the base model's own intermediate read-out. Stored as `exits.safetensors` + `exits.json`.
+
+An exit may read a *shortlist* instead of the whole vocabulary (`shortlist.json` beside the heads, made by
+`python -m training.exit_shortlist`): logits only for frequent tokens plus the window's draft tokens, the
+rest −inf. An early verdict is a prediction, so this trades a few misses (a target token off the list)
+for a read-out ~10× cheaper than the full LM head.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Literal
 
@@ -19,6 +26,7 @@ from torch import nn
 AdapterKind = Literal["linear", "lowrank"]
 CONFIG_NAME = "exits.json"
 WEIGHTS_NAME = "exits.safetensors"
+SHORTLIST_NAME = "shortlist.json"
 
 
 @dataclass(frozen=True)
@@ -64,12 +72,51 @@ def exit_logits(
     return lm_head(norm(adapter(hidden)))
 
 
+def lm_head_rows(lm_head: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """The LM head's weight rows for `ids` [n, hidden] (dequantised when the head is int8 weight-only)."""
+    weight = getattr(lm_head, "weight", None)
+    if isinstance(weight, torch.Tensor):
+        return weight[ids]
+    scales = lm_head.scales  # shared.precision.Int8WeightLinear
+    return lm_head.weight_int8[ids].to(scales.dtype) * scales[ids, None]
+
+
+class ShortlistReadout:
+    """Exit logits over a fixed shortlist plus per-window extra ids; every other id is −inf."""
+
+    def __init__(self, lm_head: nn.Module, ids: Sequence[int], vocab_size: int) -> None:
+        self.lm_head = lm_head
+        self.vocab_size = vocab_size
+        self.ids = torch.tensor(
+            sorted(set(int(i) for i in ids if 0 <= int(i) < vocab_size)), dtype=torch.long
+        )
+        self.weight = lm_head_rows(lm_head, self.ids).detach()
+
+    def to(self, device: torch.device) -> ShortlistReadout:
+        self.ids = self.ids.to(device)
+        self.weight = self.weight.to(device)
+        return self
+
+    def logits(self, normed: torch.Tensor, extra_ids: Sequence[int] = ()) -> torch.Tensor:
+        """normed [n, hidden] (after adapter and final norm) → logits [n, vocab]."""
+        out = torch.full(
+            (normed.shape[0], self.vocab_size), float("-inf"), dtype=normed.dtype, device=normed.device
+        )
+        out[:, self.ids] = normed @ self.weight.T
+        if extra_ids:
+            extra = torch.tensor(sorted(set(extra_ids)), dtype=torch.long, device=normed.device)
+            out[:, extra] = normed @ lm_head_rows(self.lm_head, extra).T
+        return out
+
+
 class ExitHeads(nn.Module):
     """The adapters of every exit, keyed by layer."""
 
-    def __init__(self, config: ExitConfig) -> None:
+    def __init__(self, config: ExitConfig, shortlist: Sequence[int] | None = None) -> None:
         super().__init__()
         self.config = config
+        # Token ids the exits read instead of the whole vocabulary (None: the full LM head).
+        self.shortlist: tuple[int, ...] | None = tuple(shortlist) if shortlist is not None else None
         self.adapters = nn.ModuleDict(
             {str(layer): ExitAdapter(config.hidden_size, config.kind, config.rank) for layer in config.layers}
         )
@@ -88,10 +135,15 @@ class ExitHeads(nn.Module):
         save_file(state, str(directory / WEIGHTS_NAME))
         payload = asdict(self.config) | {"layers": list(self.config.layers)}
         (directory / CONFIG_NAME).write_text(json.dumps(payload, indent=2) + "\n")
+        if self.shortlist is not None:
+            (directory / SHORTLIST_NAME).write_text(json.dumps({"ids": list(self.shortlist)}) + "\n")
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path, dtype: torch.dtype | None = None) -> ExitHeads:
+    def load(
+        cls, directory: str | Path, dtype: torch.dtype | None = None, *, shortlist: bool = True
+    ) -> ExitHeads:
+        """The heads in `directory`, with its `shortlist.json` unless `shortlist` is False."""
         directory = Path(directory)
         config_path = directory / CONFIG_NAME
         if not config_path.is_file():
@@ -106,7 +158,11 @@ class ExitHeads(nn.Module):
             notes=dict(raw.get("notes", {})),
         )
         state = load_file(str(directory / WEIGHTS_NAME))
-        heads = cls(config)
+        shortlist_path = directory / SHORTLIST_NAME
+        ids = (
+            json.loads(shortlist_path.read_text())["ids"] if shortlist and shortlist_path.is_file() else None
+        )
+        heads = cls(config, ids)
         heads.to(next(iter(state.values())).dtype)  # load at the stored precision, then cast if asked
         heads.load_state_dict(state)
         if dtype is not None:
@@ -126,7 +182,7 @@ class ExitHeads(nn.Module):
             base_model=self.config.base_model,
             notes=self.config.notes,
         )
-        heads = ExitHeads(config).to(next(self.parameters()).dtype)
+        heads = ExitHeads(config, self.shortlist).to(next(self.parameters()).dtype)
         for layer in config.layers:
             heads.adapters[str(layer)].load_state_dict(self.adapters[str(layer)].state_dict())
         return heads.eval()
@@ -137,7 +193,10 @@ class ExitHeads(nn.Module):
         return cls(ExitConfig(layers=tuple(layers), hidden_size=hidden_size, kind=kind)).eval()
 
 
-SHIPPED_DIR = Path(__file__).parent / "exit_heads"
+# Package data of `cloud_server` (cloud_server/exit_heads/<model>/), found through the package's resources.
+# (It was Path(__file__).parent / "exit_heads" — cloud_server/engine/exit_heads, which does not exist —
+# since the engine moved into cloud_server/engine, so the trained heads were silently not used.)
+SHIPPED_DIR = Path(str(resources.files("cloud_server") / "exit_heads"))
 
 
 def shipped_exit_heads(model_name: str) -> Path | None:

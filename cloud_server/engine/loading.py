@@ -12,7 +12,8 @@ import torch
 from cloud_server.engine.early_exit import EarlyExitTarget
 from cloud_server.engine.exits import ExitHeads, resolve_exit_heads
 from shared.hashing import vocab_hash
-from shared.models import eos_ids_of, load_model
+from shared.models import eos_ids_of
+from shared.precision import Precision, load_in_precision
 
 
 @dataclass
@@ -45,15 +46,18 @@ def load_target(
     exit_layers: Sequence[int] | None = None,
     exits_dir: str | Path | None = None,
     threads: int | None = None,
+    dtype: Precision | str = "auto",
 ) -> LoadedTarget:
     """Load a target (known name, HF folder or .gguf) with the exit heads for `exit_layers`.
 
     Exit heads: `exits_dir` when given, else the shipped trained heads for a known target, else
-    zero-initialised heads (the base model's own read-out).
+    zero-initialised heads (the base model's own read-out). `dtype` is a precision name
+    (`shared.precision.PRECISIONS`: float32, bfloat16, float16, int8 weight-only); the exit heads follow
+    the model's activation dtype.
     """
     if threads:
         torch.set_num_threads(threads)
-    model, tokenizer = load_model(target, device=device)
+    model, tokenizer = load_in_precision(target, dtype, device=device)
     name = target.rstrip("/").split("/")[-1]
     layers = list(exit_layers) if exit_layers is not None else []
     heads = resolve_exit_heads(name, model.config.hidden_size, layers, exits_dir)

@@ -33,8 +33,11 @@ class DetachedRecord:
 
 @dataclass
 class SessionStore:
+    """Live sessions by id, and detached records (at most `max_detached`: the oldest go first)."""
+
     max_sessions: int
     ttl_s: float
+    max_detached: int = 256
     active: dict[str, TargetSession] = field(default_factory=dict)
     detached: dict[str, DetachedRecord] = field(default_factory=dict)
 
@@ -68,6 +71,18 @@ class SessionStore:
             grammar=session.grammar_spec,
         )
         session.close()
+        while len(self.detached) > self.max_detached:  # dicts keep insertion order: oldest first
+            del self.detached[next(iter(self.detached))]
+
+    def take_detached(self, session_id: str) -> DetachedRecord | None:
+        """Remove and return a live (unexpired) record: whoever takes it is its only resumer."""
+        self.expire()
+        return self.detached.pop(session_id, None)
+
+    def put_back(self, record: DetachedRecord) -> None:
+        """A resume that failed before it took over the session gives its record back."""
+        if record.expires_at > time.monotonic():
+            self.detached[record.session_id] = record
 
     def expire(self, now: float | None = None) -> int:
         now = time.monotonic() if now is None else now

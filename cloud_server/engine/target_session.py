@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from cloud_server.engine.early_exit import EarlyExitTarget
+from shared.attention import refill_pieces
 from shared.errors import ProtocolError
 from shared.grammar import (
     GrammarCompiler,
@@ -84,31 +85,34 @@ class TargetSession:
         sampling: SamplingParams,
         max_tokens: int,
         stop: Sequence[str] | None = None,
+        generated: int = 0,
         grammar: GrammarSpec | dict | None = None,
-        grammar_consumed: int = 0,
     ) -> Started:
         """Prefill the prompt and produce the target's first token.
 
-        With `grammar` every token is chosen from the target's logits masked by it; the last
-        `grammar_consumed` prompt tokens were already generated under it (a restarted generation).
+        `generated`: how many trailing prompt ids are output already (a restarted generation); the finish
+        rules (`max_tokens`, stop strings) count them, and with `grammar` they were generated under it.
+        With `grammar` every token is chosen from the target's logits masked by it.
         """
         t0 = time.perf_counter()
         prompt = [int(t) for t in prompt_ids]
         if not prompt:
             raise ProtocolError("bad_frame", "the prompt is empty")
+        if not 0 <= generated < min(len(prompt), max_tokens):
+            raise ProtocolError("bad_frame", "generated must be below the prompt length and max_tokens")
         if len(prompt) > self.limits.max_prompt_tokens:
             raise ProtocolError(
                 "too_large", f"prompt of {len(prompt)} tokens > {self.limits.max_prompt_tokens}"
             )
         if not 1 <= max_tokens <= self.limits.max_tokens:
-            raise ProtocolError("limit_exceeded", f"max_tokens must be in 1..{self.limits.max_tokens}")
+            raise ProtocolError(
+                "limit_exceeded", f"max_tokens must be in 1..{self.limits.max_tokens}", retryable=False
+            )
         self._check_ids(prompt)
         if stop and self.tokenizer is None:
             raise ProtocolError("bad_frame", "stop strings need the server's tokenizer")
-        if not 0 <= grammar_consumed < len(prompt):
-            raise ProtocolError("bad_frame", "grammar_consumed must be less than the prompt's length")
         spec = parse_grammar(grammar)  # compiled before any model work: a bad grammar costs no prefill
-        matcher = self._grammar_matcher(spec, prompt[len(prompt) - grammar_consumed :])
+        matcher = self._grammar_matcher(spec, prompt[len(prompt) - generated :])
         self.grammar_spec, self.grammar = spec, matcher
         self.kv_cache.reset()
         self.sampling = sampling
@@ -116,10 +120,20 @@ class TargetSession:
         self.stops = StopStrings(self.tokenizer, stop) if stop else None
         self.generator = torch.Generator().manual_seed(sampling.seed)
         self.round = 0
-        self.prompt_len = len(prompt)
-        logits = self.kv_cache.forward(prompt, keep=1)
-        row = logits[-1] if matcher is None else apply_mask(logits[-1], matcher.allowed())
-        token = pick_token(row, sampling, self.generator)
+        self.prompt_len = len(prompt) - generated
+        try:
+            # A restart's generated tail goes in short pieces, as the generation first computed it, so the
+            # cache is bit-identical to the lost one's (shared.attention); a fresh prompt is one piece.
+            *head, last = refill_pieces(prompt, self.prompt_len)
+            for piece in head:
+                self.kv_cache.forward(piece, keep=1)
+            logits = self.kv_cache.forward(last, keep=1)
+            row = logits[-1] if matcher is None else apply_mask(logits[-1], matcher.allowed())
+            token = pick_token(row, sampling, self.generator)
+        except Exception as exc:
+            # No generation in progress (a `start` begins from scratch, so sending it again is safe).
+            self.close()
+            raise ProtocolError("internal", "the prefill failed", retryable=True) from exc
         if matcher is not None:
             matcher.commit([token])
         self.committed = [*prompt, token]
@@ -147,6 +161,7 @@ class TargetSession:
         proposals = self._check_draft(draft)
         tokens = list(draft.tokens)
         k = len(tokens)
+        rng_state = self.generator.get_state() if self.generator is not None else None
         uniforms = None if self.sampling.greedy else RoundUniforms.draw(self.generator, k)  # type: ignore[arg-type]
         pending = self.kv_cache.sync(self.committed)
         # One grammar mask per window row, for the exits and the final layer alike.
@@ -168,20 +183,43 @@ class TargetSession:
             )
 
         t_forward = time.perf_counter()
-        logits = self.early_exit.forward(
-            self.kv_cache,
-            [*pending, *tokens],
-            keep=k + 1,
-            on_exit=on_exit if on_early else None,
-            layers=exits,
-        )
-        verify_ms = (time.perf_counter() - t_forward) * 1000.0
-        if masks is not None:
-            logits = apply_mask(logits, masks)
-        outcome = verify_window(logits, tokens, self.sampling, proposals, uniforms)
-        result = apply_finish_rules(
-            self.generated, tokens, outcome.accepted, outcome.token, self.max_tokens, self.eos_ids, self.stops
-        )
+        try:
+            if len(pending) > 1 and not self.kv_cache.ids:
+                # The cache was dropped by a rolled-back round: rebuild it in the generation's own pieces.
+                for piece in refill_pieces(self.committed[:-1], self.prompt_len):
+                    self.kv_cache.forward(piece, keep=1)
+                pending = self.committed[-1:]
+            logits = self.early_exit.forward(
+                self.kv_cache,
+                [*pending, *tokens],
+                keep=k + 1,
+                on_exit=on_exit if on_early else None,
+                layers=exits,
+                extra_ids=tokens,
+            )
+            verify_ms = (time.perf_counter() - t_forward) * 1000.0
+            if masks is not None:
+                logits = apply_mask(logits, masks)
+            outcome = verify_window(logits, tokens, self.sampling, proposals, uniforms)
+            result = apply_finish_rules(
+                self.generated,
+                tokens,
+                outcome.accepted,
+                outcome.token,
+                self.max_tokens,
+                self.eos_ids,
+                self.stops,
+            )
+        except BaseException as exc:
+            self._roll_back(rng_state)
+            if not isinstance(exc, Exception):
+                raise
+            raise ProtocolError(
+                "internal",
+                "the verification forward failed; the session is back at its committed tokens",
+                round=draft.round,
+                retryable=True,
+            ) from exc
         self.committed.extend(tokens[: result.accepted])
         if result.token is not None:
             self.committed.append(result.token)
@@ -224,13 +262,30 @@ class TargetSession:
         self.grammar = self._grammar_matcher(record.grammar, self.generated)
         t0 = time.perf_counter()
         if len(self.committed) > 1 and not self.finished:
-            self.kv_cache.forward(self.committed[:-1], keep=1)
+            try:
+                # In the pieces the generation computed them: a bit-identical cache (shared.attention).
+                for piece in refill_pieces(self.committed[:-1], self.prompt_len):
+                    self.kv_cache.forward(piece, keep=1)
+            except Exception as exc:
+                self.close()
+                raise ProtocolError("internal", "re-prefilling the resumed session failed") from exc
         self.busy_s += time.perf_counter() - t0
 
     def close(self) -> None:
         """Free the KV cache (idempotent)."""
         self.kv_cache.reset()
         self.finished = True
+
+    def _roll_back(self, rng_state: torch.Tensor | None) -> None:
+        """After a failed round: the committed state as it was before the round began.
+
+        `CachedLM.ids` grows only once the model returns while `DynamicCache` grows layer by layer, so a
+        forward that raised leaves the layers misaligned: drop the cache (the next round re-prefills the
+        committed ids) and put the RNG back, so a retry draws the very uniforms this round drew.
+        """
+        self.kv_cache.reset()
+        if rng_state is not None and self.generator is not None:
+            self.generator.set_state(rng_state)
 
     def _grammar_matcher(self, spec: GrammarSpec | None, consumed: Sequence[int]) -> GrammarMatcher | None:
         """A matcher for `spec` that has consumed `consumed` (`bad_grammar` when it cannot)."""

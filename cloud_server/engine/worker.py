@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,12 +27,20 @@ class InferenceWorker:
         return self._queued
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        loop = asyncio.get_running_loop()
+        """Run `fn` on the worker thread.
+
+        If the caller is cancelled (its client went away) while the job still waits in the queue, the job
+        is dropped and never runs; if it is already running, the cancellation waits for it to end, so that
+        whoever cleans up after the caller never touches a session the worker is still using.
+        """
         self._queued += 1
+        future = self._executor.submit(self._timed, fn, *args, **kwargs)
         try:
-            return await loop.run_in_executor(
-                self._executor, functools.partial(self._timed, fn, *args, **kwargs)
-            )
+            return await asyncio.shield(asyncio.wrap_future(future))
+        except asyncio.CancelledError:
+            if not future.cancel():  # running (or done): let it finish first
+                await asyncio.wait([asyncio.wrap_future(future)])
+            raise
         finally:
             self._queued -= 1
 

@@ -21,7 +21,11 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Literal
+
+from shared.precision import resolve_precision
+from shared.workloads import Workload, load_workload, load_workloads_file
 
 MODES = ("cloud-ar", "edge-ar", "sd", "sd-preempt", "colocated-sd", "hf-assisted")
 NETWORKED = frozenset({"cloud-ar", "sd", "sd-preempt"})  # the edge talks to the server through the link
@@ -68,6 +72,7 @@ class BenchConfig:
     target: str
     draft: str
     exits: tuple[int, ...]
+    dtype: str = "auto"  # the target's precision; its generate() in that precision is the reference
     modes: tuple[str, ...] = MODES
     workloads: tuple[str, ...] = ("code", "prose", "robot")
     rtts_ms: tuple[float, ...] = (0.0, 20.0, 50.0, 100.0, 200.0)
@@ -94,7 +99,23 @@ class BenchConfig:
     quick: bool = False
     pin: bool = True  # pin this process to core 1 and the server to core 0 (off: tests in one process)
     note: str | None = None
+    prompts_file: str | None = None  # the user's prompts ({"workload": [prompt, ...]}) instead of the shipped
     extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def served_precision(self) -> str:
+        """The target's precision with `auto` resolved (shared.precision; "stored" = as its weights are)."""
+        return resolve_precision(self.target, self.dtype)
+
+    def workload_specs(self) -> dict[str, Workload]:
+        """The workloads the cells name: from `prompts_file` when given, else the shipped ones."""
+        if self.prompts_file is not None:
+            specs = {w.name: w for w in load_workloads_file(Path(self.prompts_file))}
+            missing = [w for w in self.workloads if w not in specs]
+            if missing:
+                raise ValueError(f"{self.prompts_file} has no workload {', '.join(missing)}")
+            return {w: specs[w] for w in self.workloads}
+        return {w: load_workload(w) for w in self.workloads}
 
     def fingerprint(self) -> dict[str, object]:
         """What makes two measurements of the same cell comparable (not which cells run)."""
@@ -102,12 +123,16 @@ class BenchConfig:
             "target": self.target,
             "draft": self.draft,
             "exits": list(self.exits),
+            # float32 (and stored-precision) runs keep their ids from before the option existed.
+            **({} if self.served_precision in ("float32", "stored") else {"dtype": self.served_precision}),
             "prompts": self.prompts,
             "repeats": self.repeats,
             "max_tokens": self.max_tokens,
             "threads": self.threads,
             "jitter": self.jitter,
             "sampling": {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k},
+            # A user's prompts are other cells than the shipped workloads of the same name.
+            **({"prompts_sha256": _file_sha256(self.prompts_file)} if self.prompts_file else {}),
         }
 
     @property
@@ -117,6 +142,10 @@ class BenchConfig:
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
+
+
+def _file_sha256(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def parse_window(text: str) -> Window:

@@ -49,7 +49,6 @@ from eespec.bench.records import (
     validate_records,
     write_csv,
 )
-from shared.workloads import load_workload
 
 
 @dataclass
@@ -131,6 +130,7 @@ def run_meta(records: Sequence[dict[str, Any]], cfg: BenchConfig, command: str) 
         "target": cfg.target,
         "draft": cfg.draft,
         "exits": list(cfg.exits),
+        "dtype": cfg.served_precision,
         "config_id": cfg.config_id,
         "prompts": cfg.prompts,
         "repeats": cfg.repeats,
@@ -358,6 +358,7 @@ class _Session:
 
         from cloud_server.engine import eos_ids_of
         from edge_client.draft import DraftEngine
+        from edge_client.proposers import make_proposer, split_draft_name
         from eespec.processes import ServerProcess, pin_to_core
         from shared.models import load_model, resolve_model
 
@@ -373,12 +374,14 @@ class _Session:
         self.machine = machine_line(cfg.threads)
         with self.console.status("models…"):
             resolve_model(cfg.target)  # pulled here once, not by three processes at the same time
-            resolve_model(cfg.draft)
-            draft_model, self.tokenizer = load_model(cfg.draft)
-        self.engine = DraftEngine(draft_model)
+            draft_name, ngram = split_draft_name(cfg.draft)
+            resolve_model(draft_name)
+            draft_model, self.tokenizer = load_model(draft_name)
+        self.engine = make_proposer(DraftEngine(draft_model), ngram=ngram)
         self.eos_ids = eos_ids_of(draft_model, self.tokenizer)
+        specs = cfg.workload_specs()
         for workload in sorted({c.workload for c in todo}):
-            spec = load_workload(workload)
+            spec = specs[workload]
             prompts = spec.prompts[: cfg.prompts]
             if len(prompts) < cfg.prompts:
                 self.console.print(f"[yellow]{workload} has only {len(prompts)} prompt(s)[/]")
@@ -386,7 +389,7 @@ class _Session:
         if any(c.mode in NETWORKED or c.driver == "replay" for c in todo):
             exits = ",".join(map(str, cfg.exits))
             self.server = ServerProcess(
-                cfg.target, exits=exits, threads=cfg.threads, core=0 if cfg.pin else None
+                cfg.target, exits=exits, threads=cfg.threads, core=0 if cfg.pin else None, dtype=cfg.dtype
             )
             with self.console.status("starting the cloud server (core 0)…"):
                 self.server.start()
@@ -403,14 +406,14 @@ class _Session:
             label = "colocated-sd / references" if kind == "server" else "hf-assisted"
             with self.console.status(f"starting the helper process for {label}…"):
                 self.workers[kind] = LocalWorker(
-                    self.cfg.target, self.cfg.draft, cores=cores, threads=threads
+                    self.cfg.target, self.cfg.draft, cores=cores, threads=threads, dtype=self.cfg.dtype
                 ).start()
         return self.workers[kind]
 
     def _load_references(self, todo: Sequence[CellSpec]) -> None:
         path = self.out / "references.json"
         cache: dict[str, list[int]] = json.loads(path.read_text()) if path.exists() else {}
-        scope = f"{self.cfg.target}|"
+        scope = self._reference_scope
         needed = sorted({c.workload for c in todo if c.sampling == "greedy"})
         missing = [
             (w, ids)
@@ -429,7 +432,13 @@ class _Session:
         self.references = cache
 
     def reference(self, ids: Sequence[int]) -> list[int] | None:
-        return self.references.get(f"{self.cfg.target}|" + _ids_key(ids, self.cfg.max_tokens))
+        return self.references.get(self._reference_scope + _ids_key(ids, self.cfg.max_tokens))
+
+    @property
+    def _reference_scope(self) -> str:
+        """References are per target and precision (float32 and stored precision keep the older key)."""
+        served = self.cfg.served_precision
+        return f"{self.cfg.target}|" if served in ("float32", "stored") else f"{self.cfg.target}|{served}|"
 
     def _teardown(self) -> None:
         for worker in self.workers.values():

@@ -248,8 +248,10 @@ def _rounds(frames: list[tuple[str, float, Any]]) -> tuple[list[dict[str, float]
 class LocalWorker:
     """`python -m eespec.bench.worker` pinned to `cores` with `threads` torch threads; jobs over pipes."""
 
-    def __init__(self, target: str, draft: str, *, cores: Sequence[int] | None, threads: int) -> None:
-        self.target, self.draft = target, draft
+    def __init__(
+        self, target: str, draft: str, *, cores: Sequence[int] | None, threads: int, dtype: str = "auto"
+    ) -> None:
+        self.target, self.draft, self.dtype = target, draft, dtype
         self.cores = list(cores) if cores is not None else None
         self.threads = threads
         self.process: subprocess.Popen[str] | None = None
@@ -264,7 +266,7 @@ class LocalWorker:
             "--draft",
             self.draft,
         ]
-        command += ["--threads", str(self.threads)]
+        command += ["--threads", str(self.threads), "--dtype", self.dtype]
         if self.cores is not None and hasattr(os, "sched_getaffinity") and (os.cpu_count() or 1) >= 2:
             command += ["--cores", ",".join(map(str, self.cores))]
         self.process = subprocess.Popen(

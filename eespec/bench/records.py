@@ -110,7 +110,11 @@ def make_record(
             "command": command,
             "note": cfg.note,
             "notes": list(notes),
-            "extra": extra or {},
+            "extra": {
+                "target_dtype": cfg.served_precision,
+                **({"prompts_file": cfg.prompts_file} if cfg.prompts_file else {}),
+                **(extra or {}),
+            },
         }
     )
     return record

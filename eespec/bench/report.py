@@ -188,7 +188,8 @@ def markdown(records: Sequence[dict[str, Any]], meta: dict[str, Any], window: in
         f"* command: `{meta['command']}`",
         f"* date: {meta['date']}",
         f"* machine: {meta['machine']}",
-        f"* target: `{meta['target']}`, draft: `{meta['draft']}`, exits after layers "
+        f"* target: `{meta['target']}` ({meta.get('dtype', 'float32')}), draft: `{meta['draft']}`, "
+        "exits after layers "
         f"{', '.join(map(str, meta['exits'])) or 'none'}",
         f"* config {meta['config_id']}: {meta['prompts']} prompt(s) per workload × {meta['repeats']} "
         f"repeat(s), up to {meta['max_tokens']} tokens; figures are medians [min–max] over those runs",

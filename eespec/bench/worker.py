@@ -46,11 +46,15 @@ class _FirstTokenClock:
 
 
 class Worker:
-    def __init__(self, target: str, draft: str) -> None:
+    def __init__(self, target: str, draft: str, dtype: str = "auto") -> None:
+        from edge_client.proposers import split_draft_name
         from shared.models import load_model
+        from shared.precision import load_in_precision
 
-        self.target_model, self.tokenizer = load_model(target)
-        self.draft_model, _ = load_model(draft)
+        # The reference is the served model in the served precision (its own generate()).
+        self.target_model, self.tokenizer = load_in_precision(target, dtype)
+        draft_name, self.ngram = split_draft_name(draft)
+        self.draft_model, _ = load_model(draft_name)
         self.eos = _eos_ids(self.target_model, self.tokenizer)
         self.calls = {"target": 0, "draft": 0}
         self.target_model.register_forward_pre_hook(lambda *_: self._count("target"))
@@ -80,6 +84,7 @@ class Worker:
         from cloud_server.engine import EarlyExitTarget, EngineLimits, TargetSession
         from edge_client.decoder import SpeculativeDecoder
         from edge_client.draft import DraftEngine
+        from edge_client.proposers import make_proposer
 
         window = job["window"]
         if not isinstance(window, int):
@@ -106,7 +111,8 @@ class Worker:
             def verify(self, *args, **kwargs):
                 return session.verify(*args, **kwargs)
 
-        decoder = SpeculativeDecoder(DraftEngine(self.draft_model), Timed(), window=window, preempt=False)
+        proposer = make_proposer(DraftEngine(self.draft_model), ngram=self.ngram)
+        decoder = SpeculativeDecoder(proposer, Timed(), window=window, preempt=False)
         t0 = time.perf_counter()
         result = decoder.generate(
             job["prompt_ids"], max_tokens=int(job["max_tokens"]), sampling=_sampling(job.get("sampling"))
@@ -203,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--draft", required=True)
     parser.add_argument("--cores", default=None, help="comma-separated CPU cores to pin to")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--dtype", default="auto", help="the target's precision (shared.precision)")
     args = parser.parse_args(argv)
     if args.cores and hasattr(os, "sched_setaffinity"):
         cores = {int(c) for c in args.cores.split(",")}
@@ -217,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     out = sys.stdout
     sys.stdout = sys.stderr  # nothing but results on the protocol stream
-    worker = Worker(args.target, args.draft)
+    worker = Worker(args.target, args.draft, args.dtype)
     jobs = {
         "reference": worker.reference,
         "colocated-sd": worker.colocated_sd,

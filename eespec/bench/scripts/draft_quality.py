@@ -26,7 +26,7 @@ from cloud_server.engine import EarlyExitTarget, EngineLimits, TargetSession, eo
 from edge_client.decoder import SpeculativeDecoder
 from edge_client.draft import DraftEngine
 from eespec.bench.records import machine_line
-from eespec.defaults import DEFAULT_DRAFT, DEFAULT_TARGET
+from shared.defaults import DEFAULT_DRAFT, DEFAULT_TARGET
 from shared.models import load_model
 from shared.sampling import SamplingParams
 from shared.workloads import load_workload

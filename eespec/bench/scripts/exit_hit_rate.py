@@ -23,23 +23,28 @@ import torch
 
 from cloud_server.engine import EarlyExitTarget, ExitHeads, TargetSession, eos_ids_of
 from edge_client.draft import DraftEngine
+from edge_client.proposers import make_proposer, split_draft_name
 from eespec.bench.records import machine_line
-from eespec.defaults import DEFAULT_DRAFT, DEFAULT_TARGET
+from shared.defaults import DEFAULT_DRAFT, DEFAULT_TARGET
 from shared.models import load_model
+from shared.precision import load_in_precision
 from shared.workloads import load_workload
 from training.card_check import speculative_rounds
 
 
 def measure(args) -> dict:
     torch.set_num_threads(args.threads)
-    target_model, tokenizer = load_model(args.target)
-    draft_model, _ = load_model(args.draft)
-    heads = ExitHeads.load(args.exits_dir) if args.exits_dir else None
+    target_model, tokenizer = load_in_precision(args.target, args.dtype)
+    draft_name, ngram = split_draft_name(args.draft)
+    draft_model, _ = load_model(draft_name)
+    heads = ExitHeads.load(args.exits_dir, shortlist=not args.full_vocab) if args.exits_dir else None
+    if heads is not None and args.layers_subset:
+        heads = heads.subset([int(x) for x in args.layers_subset.split(",")])
     if heads is None:
         layers = tuple(int(x) for x in args.layers.split(","))
         heads = ExitHeads.untrained(layers, target_model.config.hidden_size)
     session = TargetSession(EarlyExitTarget(target_model, heads), eos_ids=eos_ids_of(target_model, tokenizer))
-    engine = DraftEngine(draft_model)
+    engine = make_proposer(DraftEngine(draft_model), ngram=ngram)
     hits: dict[int, list[int]] = defaultdict(list)
     t_ms: dict[int, list[float]] = defaultdict(list)
     verify_ms: list[float] = []
@@ -91,6 +96,13 @@ def main() -> None:
     parser.add_argument("--exits-dir", default=None)
     parser.add_argument(
         "--layers", default="10,15,20,24", help="untrained exits when --exits-dir is not given"
+    )
+    parser.add_argument("--layers-subset", default=None, help="only these trained exits, e.g. 24")
+    parser.add_argument("--dtype", default="auto", help="the target's precision (shared.precision)")
+    parser.add_argument(
+        "--full-vocab",
+        action="store_true",
+        help="read the full vocabulary even if the heads ship a shortlist",
     )
     parser.add_argument("--workloads", default="code,prose,robot")
     parser.add_argument("--prompts", type=int, default=6, help="prompts per workload")

@@ -32,8 +32,8 @@ from cloud_server.engine import EarlyExitTarget, TargetSession, eos_ids_of
 from edge_client.decoder import SpeculativeDecoder
 from edge_client.draft import DraftEngine
 from eespec.bench.records import machine_line
-from eespec.defaults import DEFAULT_DRAFT, DEFAULT_TARGET
 from eespec.local import encode_prompt
+from shared.defaults import DEFAULT_DRAFT, DEFAULT_TARGET
 from shared.grammar import GrammarSpec
 from shared.models import load_model
 

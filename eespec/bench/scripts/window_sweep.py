@@ -20,9 +20,9 @@ import torch
 
 from edge_client import DraftEngine, EdgeClient
 from eespec.bench.records import machine_line
-from eespec.defaults import DEFAULT_DRAFT, DEFAULT_EXIT_LAYERS, DEFAULT_TARGET
 from eespec.netem import LinkProfile, NetworkEmulator
 from eespec.processes import ServerProcess, pin_to_core
+from shared.defaults import DEFAULT_DRAFT, DEFAULT_EXIT_LAYERS, DEFAULT_TARGET
 from shared.models import load_model
 from shared.workloads import load_workload
 

@@ -1,0 +1,1 @@
+"""Robot backends behind `robot.RobotInterface`: `fake` (pure Python), `sim` (MuJoCo), `unitree` (SDK2)."""
