@@ -20,7 +20,7 @@ import collections
 import json
 from pathlib import Path
 
-from cloud_server.engine.exits import SHORTLIST_NAME
+from cloud_server.engine import SHORTLIST_NAME
 from training.corpus import (
     contains_prompt,
     default_files,

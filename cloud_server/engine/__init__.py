@@ -6,6 +6,7 @@ in-process decoder, the benchmarks and the training commands use this door, the 
 from cloud_server.engine.autoregressive import AutoregressiveGeneration
 from cloud_server.engine.early_exit import EarlyExitTarget, ExitCallback, decoder_layers
 from cloud_server.engine.exits import (
+    SHORTLIST_NAME,
     AdapterKind,
     ExitAdapter,
     ExitConfig,
@@ -32,6 +33,7 @@ __all__ = [
     "ExitHeads",
     "InferenceWorker",
     "LoadedTarget",
+    "SHORTLIST_NAME",
     "SessionStore",
     "TargetSession",
     "decoder_layers",
