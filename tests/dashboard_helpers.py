@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from eespec.bench.scripts.dashboard_ticks import FLAGS as CHROMIUM_FLAGS
 from robot.daemon import RobotDaemon
 from robot.status_server import StatusServer, create_status_app
 
@@ -70,17 +71,7 @@ def chromium_options() -> Any:
 
     options = Options()
     options.binary_location = CHROMIUM
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1400,1000",
-    ):
+    for flag in (*CHROMIUM_FLAGS, "--window-size=1400,1000"):
         options.add_argument(flag)
     return options
 

@@ -28,6 +28,7 @@ from eespec.bench.records import machine_line
 from eespec.processes import free_port
 
 KEY = "dashboard-ticks"
+# Headless Chromium on this closed network (the dashboard tests start it the same way).
 FLAGS = (
     "--headless",
     "--no-sandbox",
