@@ -15,35 +15,31 @@ from fastapi.responses import JSONResponse, Response
 
 PAGE = resources.files("cloud_server") / "dashboard"
 ASSETS = resources.files("shared") / "dashboard_assets"
-# The shell's files: served without the key (they hold no data; the page asks for the key first).
-OPEN_PATHS = ("/", "/dashboard/cloud.js", "/assets/common.js", "/assets/dashboard.css")
+# The shell's files (path → folder, file, media type): served without the key — they hold no data, and the
+# page asks for the key before it shows anything.
+SHELL = {
+    "/": (PAGE, "index.html", "text/html; charset=utf-8"),
+    "/dashboard/cloud.js": (PAGE, "cloud.js", "text/javascript; charset=utf-8"),
+    "/assets/common.js": (ASSETS, "common.js", "text/javascript; charset=utf-8"),
+    "/assets/dashboard.css": (ASSETS, "dashboard.css", "text/css; charset=utf-8"),
+}
+OPEN_PATHS = tuple(SHELL)
 
 router = APIRouter()
 
 
-def _static(directory, name: str, media_type: str) -> Response:
-    body = (directory / name).read_bytes()
-    return Response(body, media_type=media_type, headers={"Cache-Control": "no-store"})
+def _shell_route(path: str) -> None:
+    directory, name, media_type = SHELL[path]
+
+    async def serve() -> Response:
+        body = (directory / name).read_bytes()
+        return Response(body, media_type=media_type, headers={"Cache-Control": "no-store"})
+
+    router.add_api_route(path, serve, methods=["GET"], include_in_schema=False)
 
 
-@router.get("/", include_in_schema=False)
-async def page() -> Response:
-    return _static(PAGE, "index.html", "text/html; charset=utf-8")
-
-
-@router.get("/dashboard/cloud.js", include_in_schema=False)
-async def page_script() -> Response:
-    return _static(PAGE, "cloud.js", "text/javascript; charset=utf-8")
-
-
-@router.get("/assets/common.js", include_in_schema=False)
-async def common_script() -> Response:
-    return _static(ASSETS, "common.js", "text/javascript; charset=utf-8")
-
-
-@router.get("/assets/dashboard.css", include_in_schema=False)
-async def stylesheet() -> Response:
-    return _static(ASSETS, "dashboard.css", "text/css; charset=utf-8")
+for _path in SHELL:
+    _shell_route(_path)
 
 
 @router.get("/v1/dashboard", include_in_schema=False)
