@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from cloud_server.engine.early_exit import EarlyExitTarget
-from cloud_server.engine.exits import ExitHeads, resolve_exit_heads
+from cloud_server.engine.exits import ExitHeads, model_fingerprint, resolve_exit_heads
 from shared.hashing import vocab_hash
 from shared.models import eos_ids_of
 from shared.precision import Precision, load_in_precision
@@ -60,5 +60,6 @@ def load_target(
     model, tokenizer = load_in_precision(target, dtype, device=device)
     name = target.rstrip("/").split("/")[-1]
     layers = list(exit_layers) if exit_layers is not None else []
-    heads = resolve_exit_heads(name, model.config.hidden_size, layers, exits_dir)
+    fingerprint = model_fingerprint(model, tokenizer)
+    heads = resolve_exit_heads(name, model.config.hidden_size, layers, exits_dir, fingerprint=fingerprint)
     return LoadedTarget.build(name, model, tokenizer, heads)
