@@ -46,7 +46,9 @@ def test_heads_for_another_model_are_refused(tmp_path, other, message):
 
 def test_another_tokenizer_is_refused_even_with_the_same_shape(tmp_path):
     model = tiny_llama(0)
-    config = ExitConfig(layers=(2,), hidden_size=32, model=model_fingerprint(model) | {"vocab_hash": "0" * 16})
+    config = ExitConfig(
+        layers=(2,), hidden_size=32, model=model_fingerprint(model) | {"vocab_hash": "0" * 16}
+    )
     ExitHeads(config).save(tmp_path)
     fingerprint = model_fingerprint(model) | {"vocab_hash": "f" * 16}
     with pytest.raises(ValueError, match="vocab_hash"):
