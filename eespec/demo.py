@@ -175,11 +175,11 @@ def conclusion(rows: dict[str, list[dict[str, float]]], identical: dict[str, boo
     parts = []
     for mode in ("sd", "sd-preempt"):
         ratio = _tokens_per_s(rows[mode]) / base
-        verb = "faster than" if ratio > 1.02 else "slower than" if ratio < 0.98 else "as fast as"
+        verdict = "faster" if ratio > 1.02 else "slower" if ratio < 0.98 else "on par"
         accepted = statistics.mean(c["accepted"] for c in rows[mode])
         parts.append(
-            f"{mode} ran {ratio:.2f}× cloud-ar's tokens/s ({verb}; {accepted:.2f} draft tokens accepted "
-            "per round)"
+            f"{mode} ran at {ratio:.2f}× cloud-ar's tokens/s ({verdict}; {accepted:.2f} draft tokens "
+            "accepted per round)"
         )
     return (
         "Every mode produced the target's own output. "

@@ -18,11 +18,11 @@ SAME = {"cloud-ar": True, "sd": True, "sd-preempt": True}
 
 def test_the_conclusion_follows_the_figures():
     faster = conclusion(_rows(10.0, 12.0, 5.0), SAME)
-    assert "sd-preempt ran 2.00× cloud-ar's tokens/s (faster than" in faster
-    assert "sd ran 0.83× cloud-ar's tokens/s (slower than" in faster
+    assert "sd-preempt ran at 2.00× cloud-ar's tokens/s (faster;" in faster
+    assert "sd ran at 0.83× cloud-ar's tokens/s (slower;" in faster
     assert "1.90 draft tokens accepted" in faster
     slower = conclusion(_rows(5.0, 10.0, 10.0), SAME)
-    assert "sd-preempt ran 0.50×" in slower and "faster" not in slower
+    assert "sd-preempt ran at 0.50×" in slower and "faster" not in slower
 
 
 def test_a_mismatch_is_reported_as_a_bug_not_a_speed():
