@@ -43,6 +43,8 @@ class ServerSettings(BaseSettings):
     ttl_s: float = 60.0
     max_frame_bytes: int = 1 << 20
     max_body_bytes: int = 1 << 20
+    # Admission: no new session or request while the scheduler's oldest queued job has waited longer.
+    max_queue_delay_s: float = 5.0
     # A socket that sends no `hello` within `hello_timeout_s`, or nothing at all for `idle_timeout_s`, is
     # closed (its session detached, so it can still be resumed within `ttl_s`).
     hello_timeout_s: float = 10.0

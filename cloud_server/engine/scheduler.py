@@ -94,7 +94,7 @@ class Scheduler:
         self._queue: deque[_Job] = deque()
         self._cv = threading.Condition()
         self._stopping = False
-        self._delay_s = 0.0  # EWMA of how long scheduled jobs waited in the queue
+        self._delay_s = 0.0  # EWMA of how long scheduled jobs waited in the queue (statistics)
         self._load = 0.0
         self._thread = threading.Thread(target=self._loop, name="eespec-inference", daemon=True)
         self._thread.start()
@@ -114,8 +114,10 @@ class Scheduler:
 
     @property
     def queue_delay_s(self) -> float:
-        """Recent queueing delay (EWMA of the scheduled jobs' waits): what admission bounds."""
-        return self._delay_s
+        """How long the oldest queued job has waited (0 when none waits): what admission bounds."""
+        with self._cv:
+            oldest = next((job.enqueued for job in self._queue if not job.future.cancelled()), None)
+        return 0.0 if oldest is None else time.perf_counter() - oldest
 
     @property
     def load(self) -> float:
