@@ -61,7 +61,7 @@ class Slot:
 @dataclass
 class ServerState:
     settings: ServerSettings
-    worker: InferenceWorker = field(default_factory=InferenceWorker)
+    worker: InferenceWorker | None = None  # type: ignore[assignment]  # built from settings when None
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
     loaded: LoadedTarget | None = None
     load_error: str | None = None
@@ -78,6 +78,8 @@ class ServerState:
             ttl_s=self.settings.ttl_s,
             max_detached=self.settings.max_detached,
         )
+        if self.worker is None:
+            self.worker = InferenceWorker(token_budget=self.settings.step_token_budget)
         self.worker.on_busy = self.metrics.busy_seconds.inc
 
     @property
