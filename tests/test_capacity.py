@@ -107,3 +107,26 @@ def test_the_adaptive_window_shrinks_under_server_load():
     for _ in range(20):
         windows.observe(2, 2, 0.002, 0.02, 0.05, server_load=0.5)
     assert windows.choose().k == 8
+
+
+def test_the_capacity_report_counts_clients_served_at_the_slo(tmp_path):
+    from eespec.bench.capacity import client_figures, markdown, plot, served_at_slo
+
+    runs = [{"latency_s": 1.0, "tokens": 10}] * 19 + [{"latency_s": 3.0, "tokens": 10}]
+    figures = client_figures(runs)
+    assert figures["p50_ms_per_token"] == 100.0 and 100.0 < figures["p95_ms_per_token"] <= 300.0
+    rows = [
+        {"server": "batched", "clients": n, "p95_ms_per_token": p95, "p50_ms_per_token": p95,
+         "aggregate_tokens_per_s": n * 10.0, "cloud_busy_s_per_token": 0.05, "diverged": 0}
+        for n, p95 in ((1, 100.0), (2, 120.0), (4, 150.0), (8, 151.0), (16, 140.0))
+    ]  # fmt: skip
+    assert served_at_slo(rows, 1.5) == 4  # 8 is just above the bound: 16 within it does not count
+    assert served_at_slo(rows[1:], 1.5) is None
+    report = {
+        "started": "now", "command": "eespec capacity", "machine": "m", "load_before": (1.0, 1.0, 1.0),
+        "load_after": (2.0, 2.0, 2.0), "config": {"slo": 1.5, "servers": {"batched": 32}}, "rows": rows,
+        "summary": {"batched": {"served_at_slo": 16}},
+    }  # fmt: skip
+    assert "| batched | 8 | 80.0 |" in markdown(report)
+    plot(report, tmp_path / "c.png")
+    assert (tmp_path / "c.png").stat().st_size > 1000

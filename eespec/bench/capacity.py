@@ -61,14 +61,18 @@ def client_figures(runs: Sequence[dict[str, Any]]) -> dict[str, float]:
 
 
 def served_at_slo(rows: Sequence[dict[str, Any]], slo: float) -> int | None:
-    """The largest client count whose p95 ms/token is within `slo` × the single-client p95 (None if no
-    single-client row)."""
+    """The largest client count up to which every measured count keeps its p95 ms/token within `slo` × the
+    single-client p95 (None without a single-client row)."""
     single = next((r for r in rows if r["clients"] == 1), None)
     if single is None:
         return None
     bound = slo * single["p95_ms_per_token"]
-    ok = [r["clients"] for r in rows if r["p95_ms_per_token"] <= bound]
-    return max(ok) if ok else None
+    served = 1
+    for row in sorted(rows, key=lambda r: r["clients"]):
+        if row["p95_ms_per_token"] > bound:
+            break
+        served = row["clients"]
+    return served
 
 
 async def _record(url: str, key: str, engine, tokenizer, prompt_ids, cfg: CapacityConfig) -> list[dict]:
