@@ -593,6 +593,7 @@ def capacity(
     repeats: Annotated[int, typer.Option(min=1, help="Passes per client count.")] = 1,
     live_at: Annotated[int, typer.Option(min=0, help="Client count with one live client (0: none).")] = 8,
     budget: Annotated[int, typer.Option(min=1, help="Step token budget of the batched server.")] = 32,
+    fifo_max_clients: Annotated[int, typer.Option(min=1, help="Largest client count for FIFO.")] = 8,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("benchmarks/results/capacity"),
 ) -> None:
     from eespec.bench.capacity import CapacityConfig, run_capacity
@@ -605,6 +606,7 @@ def capacity(
         window=window,
         clients=_numbers(clients, "--clients", int, 1),  # type: ignore[arg-type]
         servers={"batched": budget, "fifo": 1},
+        fifo_max_clients=fifo_max_clients,
         repeats=repeats,
         live_at=live_at or None,
         exits=",".join(map(str, DEFAULT_EXIT_LAYERS)),
