@@ -386,7 +386,7 @@ class _Run:
         while not self.gen.finished:
             if self.state.draining:
                 raise ShuttingDown
-            token = await self.state.worker.run(self.gen.step)
+            token = await self.state.worker.step(self.gen)
             self._count()
             yield token
 
@@ -397,12 +397,9 @@ class _Run:
         while not self.gen.finished:
             if self.state.draining:
                 raise ShuttingDown
-            delta = await self.state.worker.run(self._step_text)
+            delta = await self.state.worker.step(self.gen, then=self.text.push)
             self._count()
             yield delta
-
-    def _step_text(self) -> str:
-        return self.text.push(self.gen.step())
 
     def _count(self) -> None:
         now = time.perf_counter()

@@ -44,6 +44,12 @@ class ServerSettings(BaseSettings):
     ttl_s: float = 60.0
     max_frame_bytes: int = 1 << 20
     max_body_bytes: int = 1 << 20
+    # Admission: no new session or request while the scheduler's oldest queued job has waited longer.
+    max_queue_delay_s: float = 5.0
+    # Rows one scheduler step may batch (verification windows + autoregressive steps of all sessions). 32 is
+    # the most a bf16 step holds bit-identically on the CPUs measured (engine.batched.EXACT_BATCH_ROWS);
+    # 1 runs one session's forward at a time (the FIFO worker of before, for comparison).
+    step_token_budget: int = Field(default=32, ge=1)
     # A socket that sends no `hello` within `hello_timeout_s`, or nothing at all for `idle_timeout_s`, is
     # closed (its session detached, so it can still be resumed within `ttl_s`).
     hello_timeout_s: float = 10.0

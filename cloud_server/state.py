@@ -61,7 +61,7 @@ class Slot:
 @dataclass
 class ServerState:
     settings: ServerSettings
-    worker: InferenceWorker = field(default_factory=InferenceWorker)
+    worker: InferenceWorker | None = None  # type: ignore[assignment]  # built from settings when None
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
     loaded: LoadedTarget | None = None
     load_error: str | None = None
@@ -78,6 +78,8 @@ class ServerState:
             ttl_s=self.settings.ttl_s,
             max_detached=self.settings.max_detached,
         )
+        if self.worker is None:
+            self.worker = InferenceWorker(token_budget=self.settings.step_token_budget)
         self.worker.on_busy = self.metrics.busy_seconds.inc
 
     @property
@@ -111,6 +113,12 @@ class ServerState:
             raise ProtocolError("limit_exceeded", "the server is shutting down", retryable=False)
         if len(self.slots) >= settings.max_sessions:
             raise SlotsFull(f"server at max_sessions ({settings.max_sessions})", per_key=False)
+        delay = self.worker.queue_delay_s
+        if delay > settings.max_queue_delay_s:  # admission: new generations wait until the queue drains
+            raise SlotsFull(
+                f"the server is saturated (queueing delay {delay:.1f} s > {settings.max_queue_delay_s} s)",
+                per_key=False,
+            )
         if sum(slot.owner == owner for slot in self.slots) >= settings.per_key_limit:
             raise SlotsFull(
                 f"this API key holds its limit of {settings.per_key_limit} sessions", per_key=True

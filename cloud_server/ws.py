@@ -295,7 +295,7 @@ class Connection:
             earlies.append(early)
             loop.call_soon_threadsafe(self.outbox.put_nowait, early.model_dump(mode="json"))
 
-        verdict = await self.state.worker.run(self.session.verify, draft, on_early, self.exits)
+        verdict = await self.state.worker.verify(self.session, draft, on_early, self.exits)
         self._send(verdict)
         metrics = self.state.metrics
         metrics.rounds.inc()

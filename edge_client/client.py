@@ -365,6 +365,7 @@ class EdgeClient:
             window.draft_s / k if window.draft_s else None,
             verdict.verify_ms / 1e3,
             rtt_ms / 1e3,
+            verdict.server_load,
         )
         gen.close_round(verdict)
         if gen.finished:

@@ -4,6 +4,10 @@ Per round with window k, per-token acceptance α, drafting d s/token, verificati
 expected tokens E(k) = (1 − α^(k+1)) / (1 − α) (accepted tokens plus the verdict's token) and time
 T(k) = k·d + v(k) + r. α is estimated from truncated observations (a round that accepted a < k tokens saw
 a + 1 trials and one rejection), all inputs decay exponentially (EWMA), and v(k) is fitted as v0 + v1·k.
+
+Server load (`verdict.server_load`: tokens waiting in the server's scheduler / its step budget) caps the
+window at max_window / load while it is above 1: a saturated server runs every session's window rows in
+shared steps, so shorter windows let more sessions into each step (and the model above cannot see that).
 """
 
 from __future__ import annotations
@@ -43,13 +47,22 @@ class AdaptiveWindow:
         # Weighted least squares for v(k) = v0 + v1·k: decayed sums of w, k, k², v, k·v.
         self._sums = [0.0, 0.0, 0.0, 0.0, 0.0]
         self._ks_seen: set[int] = set()
+        self._load: float | None = None
         self.rounds = 0
 
     def observe(
-        self, k: int, accepted: int, draft_s_per_token: float | None, verify_s: float, rtt_s: float
+        self,
+        k: int,
+        accepted: int,
+        draft_s_per_token: float | None,
+        verify_s: float,
+        rtt_s: float,
+        server_load: float | None = None,
     ) -> None:
         d = self.decay
         self.rounds += 1
+        if server_load is not None:
+            self._load = _ewma(self._load, server_load, d)
         da = self.acceptance_decay
         self._accepted = da * self._accepted + accepted
         self._trials = da * self._trials + accepted + (1 if accepted < k else 0)
@@ -59,6 +72,13 @@ class AdaptiveWindow:
         w, sk, skk, sv, skv = self._sums
         self._sums = [d * w + 1, d * sk + k, d * skk + k * k, d * sv + verify_s, d * skv + k * verify_s]
         self._ks_seen.add(k)
+
+    @property
+    def load_cap(self) -> int:
+        """The largest window the server's load allows: max_window / load while load > 1."""
+        if self._load is None or self._load <= 1.0:
+            return self.max_window
+        return max(1, int(self.max_window / self._load))
 
     @property
     def acceptance(self) -> float | None:
@@ -83,11 +103,12 @@ class AdaptiveWindow:
         if self.fixed is not None:
             return WindowChoice(self.fixed, f"fixed window {self.fixed}")
         alpha = self.acceptance
+        cap = self.load_cap
         if self.rounds < 2 or alpha is None or self._draft_s is None or self._rtt_s is None:
-            return WindowChoice(self.initial, "warm-up: not enough rounds measured")
+            return WindowChoice(min(self.initial, cap), "warm-up: not enough rounds measured")
         alpha = min(alpha, 0.999)
         best_k, best_rate = 1, -1.0
-        for k in range(1, self.max_window + 1):
+        for k in range(1, cap + 1):
             expected = (1 - alpha ** (k + 1)) / (1 - alpha)
             seconds = k * self._draft_s + self.verify_s(k) + self._rtt_s
             rate = expected / seconds
@@ -98,6 +119,8 @@ class AdaptiveWindow:
             f"verify≈{self.verify_s(best_k) * 1e3:.0f}ms rtt={self._rtt_s * 1e3:.0f}ms "
             f"→ k={best_k} ({best_rate:.1f} tok/s expected)"
         )
+        if cap < self.max_window:
+            reason += f" (server load {self._load:.2f}: window ≤ {cap})"
         return WindowChoice(best_k, reason, best_rate)
 
 

@@ -579,5 +579,43 @@ def bench(
         raise typer.Exit(1)
 
 
+@app.command(
+    help="Capacity of one server: 1 → N replay clients (plus a live one as a check) against the batched "
+    "scheduler and a FIFO server (step budget 1) in one run; aggregate tokens/s, p95 ms/token, cloud cost "
+    "per token, clients served at the SLO; JSON, markdown and a PNG under --out."
+)
+def capacity(
+    clients: Annotated[str, typer.Option(help="Client counts.")] = "1,2,4,8,16,32",
+    workload: Annotated[str, typer.Option(help="Workload whose prompts are recorded.")] = "code",
+    prompts: Annotated[int, typer.Option(min=1, help="Prompts recorded (client i replays i mod P).")] = 4,
+    max_tokens: Annotated[int, typer.Option(min=2, help="Tokens per generation.")] = 32,
+    window: Annotated[int, typer.Option(min=1, max=16, help="Window of the recordings.")] = DEFAULT_WINDOW,
+    repeats: Annotated[int, typer.Option(min=1, help="Passes per client count.")] = 1,
+    live_at: Annotated[int, typer.Option(min=0, help="Client count with one live client (0: none).")] = 8,
+    budget: Annotated[int, typer.Option(min=1, help="Step token budget of the batched server.")] = 32,
+    fifo_max_clients: Annotated[int, typer.Option(min=1, help="Largest client count for FIFO.")] = 8,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("benchmarks/results/capacity"),
+) -> None:
+    from eespec.bench.capacity import CapacityConfig, run_capacity
+
+    _quiet_transformers()
+    cfg = CapacityConfig(
+        workload=workload,
+        prompts=prompts,
+        max_tokens=max_tokens,
+        window=window,
+        clients=_numbers(clients, "--clients", int, 1),  # type: ignore[arg-type]
+        servers={"batched": budget, "fifo": 1},
+        fifo_max_clients=fifo_max_clients,
+        repeats=repeats,
+        live_at=live_at or None,
+        exits=",".join(map(str, DEFAULT_EXIT_LAYERS)),
+        out=out,
+    )
+    report = run_capacity(cfg)
+    typer.echo((out / "capacity.md").read_text())
+    del report
+
+
 def main() -> None:  # pragma: no cover - console script entry
     sys.exit(app())

@@ -35,6 +35,9 @@ def rowwise_attention_forward(
     dropout: float = 0.0,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
+    packed = kwargs.pop("packed_attention", None)
+    if packed is not None:  # a batched forward of many sessions (cloud_server.engine.batched)
+        return packed.attend(module, query, scaling, dropout, **kwargs)
     q_len, kv_len = query.shape[2], key.shape[2]
     if q_len > ROWWISE_MAX_QUERIES:
         out, _ = eager_attention_forward(

@@ -125,6 +125,9 @@ class Verdict(_Message):
     finish_reason: Literal["stop", "length"] | None = None
     verify_ms: float
     server_ms: float
+    # The scheduler's queue pressure when this window was scheduled: tokens waiting / the step's token
+    # budget (above 1: work waits for later steps). Edges shrink their windows when it is high.
+    server_load: float | None = None
 
 
 class Cancel(_Message):

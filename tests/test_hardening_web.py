@@ -432,16 +432,17 @@ def test_the_edge_retries_a_rolled_back_round_and_stays_exact(server, target, to
 def test_the_edge_restarts_a_generation_the_server_ended(server, target, tok, monkeypatch):
     from cloud_server.engine import TargetSession
 
-    real_verify = TargetSession.verify
+    # The server's rounds go through the scheduler, whose update step is `finish_round`.
+    real_finish = TargetSession.finish_round
     calls = {"n": 0}
 
-    def verify_that_breaks_once(self, draft, *args, **kwargs):
+    def finish_that_breaks_once(self, plan, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyError("a bug outside the engine's guard")  # state in doubt: not retryable
-        return real_verify(self, draft, *args, **kwargs)
+        return real_finish(self, plan, *args, **kwargs)
 
-    monkeypatch.setattr(TargetSession, "verify", verify_that_breaks_once)
+    monkeypatch.setattr(TargetSession, "finish_round", finish_that_breaks_once)
 
     async def run():
         async with EdgeClient(

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
+from cloud_server.engine.batched import Segment
 from cloud_server.engine.loading import LoadedTarget
 from shared.grammar import GrammarMatcher, apply_mask
 from shared.kv import CachedLM
@@ -39,6 +40,7 @@ class AutoregressiveGeneration:
         if max_tokens < 1:
             raise ValueError("max_tokens must be at least 1")
         self.model = loaded.model
+        self.early_exit = loaded.early_exit  # the scheduler batches steps of generations on one target
         self.tokenizer = loaded.tokenizer
         self.eos_ids = frozenset(int(t) for t in loaded.eos_ids)
         self.sampling = sampling
@@ -82,13 +84,26 @@ class AutoregressiveGeneration:
 
     def step(self) -> int:
         """Feed the last token and return the next one."""
+        segment = self.plan_step()
+        t0 = time.perf_counter()
+        logits = segment.kv_cache.forward(segment.new_ids, keep=1)
+        return self.finish_step(logits, time.perf_counter() - t0)
+
+    def plan_step(self) -> Segment:
+        """The next step's forward: the last token on this generation's cache."""
         lm = self._lm  # a local reference: `close` from another thread cannot pull it away mid-forward
         if lm is None or self.finished:
             raise RuntimeError("no generation in progress")
-        t0 = time.perf_counter()
-        token = self._choose(lm.forward([self.generated[-1]], keep=1)[-1])
-        self.busy_s += time.perf_counter() - t0
-        return token
+        return Segment(lm, [self.generated[-1]], keep=1)
+
+    def finish_step(self, logits: torch.Tensor, seconds: float) -> int:
+        """Choose the next token from the step's logits [1, V] (`seconds`: its share of model time)."""
+        self.busy_s += seconds
+        return self._choose(logits[-1])
+
+    def abort_step(self) -> None:
+        """The step's forward failed and left the cache in doubt: the generation ends."""
+        self.close()
 
     def close(self) -> None:
         """Stop and free the KV cache (idempotent; safe while a step is running on the worker)."""

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from cloud_server.engine.batched import Segment, can_pack, packed_forward
 from cloud_server.engine.exits import ExitHeads, ShortlistReadout, exit_logits
 from shared.kv import CachedLM
 
@@ -112,14 +113,29 @@ class EarlyExitTarget:
         # Disarm while the callback runs: it may run other forwards (pre-drafting), even on this same model.
         self._active = None
         try:
+            self.run_exit(layer, hidden[0, -active.keep :], active.extra_ids, active.callback, active.started)
+        finally:
+            self._active = active
+
+    def run_exit(
+        self,
+        layer: int,
+        rows: torch.Tensor,
+        extra_ids: tuple[int, ...],
+        callback: ExitCallback,
+        started: float,
+    ) -> None:
+        """Exit `layer`'s logits for hidden `rows` [keep, H] to `callback`; a failure drops its frame only."""
+        if self.heads is None:
+            return
+        try:
             with torch.inference_mode():
-                rows = hidden[0, -active.keep :]
                 if self.shortlist is not None:
                     normed = self.norm(self.heads.adapter(layer)(rows))
-                    logits = self.shortlist.logits(normed, active.extra_ids)
+                    logits = self.shortlist.logits(normed, extra_ids)
                 else:
                     logits = exit_logits(rows, self.heads.adapter(layer), self.norm, self.lm_head)
-            active.callback(layer, logits, (time.perf_counter() - active.started) * 1000.0)
+            callback(layer, logits, (time.perf_counter() - started) * 1000.0)
         except Exception:
             # An early frame is a prediction only: a failing exit drops that frame, never the forward.
             self.exit_failures += 1
@@ -127,8 +143,31 @@ class EarlyExitTarget:
                 log.warning(
                     "the exit after layer %d failed; its early frame is dropped", layer, exc_info=True
                 )
-        finally:
-            self._active = active
+
+    @property
+    def can_batch(self) -> bool:
+        """Whether `forward_batch` can pack sessions into one forward (it needs row-wise attention)."""
+        return can_pack(self.model)
+
+    def forward_batch(self, segments: Sequence[Segment]) -> list[torch.Tensor]:
+        """One forward over many sessions' caches (`batched.packed_forward`); with one segment, or a model
+        without row-wise attention, the segments run one by one through `forward`."""
+        if len(segments) > 1 and self.can_batch:
+            for seg in segments:
+                if seg.on_exit is not None:
+                    seg.exit_layers = frozenset(seg.exit_layers) & frozenset(self.exit_layers)
+            return packed_forward(self, segments)
+        return [
+            self.forward(
+                seg.kv_cache,
+                seg.new_ids,
+                seg.keep,
+                on_exit=seg.on_exit,
+                layers=sorted(seg.exit_layers),
+                extra_ids=seg.extra_ids,
+            )
+            for seg in segments
+        ]
 
     def _hook_for(self, layer: int) -> Callable[..., None]:
         def hook(_module: nn.Module, _inputs: object, output: object) -> None:

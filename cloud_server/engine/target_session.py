@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from cloud_server.engine.batched import Segment
 from cloud_server.engine.early_exit import EarlyExitTarget
 from shared.attention import refill_pieces
 from shared.errors import ProtocolError
@@ -29,6 +30,29 @@ from shared.stopping import StopStrings, apply_finish_rules, check_finished
 from shared.verification import RoundUniforms, pick_token, verify_window
 
 EarlyCallback = Callable[[Early], None]
+
+
+@dataclass(frozen=True)
+class VerifyRound:
+    """A checked draft and the forward it needs (`segment`); what `finish_round` verifies against."""
+
+    draft: Draft
+    tokens: list[int]
+    proposals: list[SparseProposal] | None
+    uniforms: RoundUniforms | None
+    masks: torch.Tensor | None
+    rng_state: torch.Tensor | None
+    segment: Segment
+    t0: float
+
+
+def round_failed(round_no: int) -> ProtocolError:
+    return ProtocolError(
+        "internal",
+        "the verification forward failed; the session is back at its committed tokens",
+        round=round_no,
+        retryable=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -157,13 +181,28 @@ class TargetSession:
         self, draft: Draft, on_early: EarlyCallback | None = None, exits: Sequence[int] | None = None
     ) -> Verdict:
         """Verify one window; early predictions go to `on_early` while the forward pass continues."""
+        plan = self.plan_round(draft, on_early, exits)
+        t_forward = time.perf_counter()
+        try:
+            (logits,) = self.early_exit.forward_batch([plan.segment])
+        except BaseException as exc:
+            self.abort_round(plan)
+            if not isinstance(exc, Exception):
+                raise
+            raise round_failed(draft.round) from exc
+        return self.finish_round(plan, logits, (time.perf_counter() - t_forward) * 1000.0)
+
+    def plan_round(
+        self, draft: Draft, on_early: EarlyCallback | None = None, exits: Sequence[int] | None = None
+    ) -> VerifyRound:
+        """Check a draft and prepare its window's forward (a `Segment`); nothing committed changes until
+        `finish_round` (or `abort_round` puts the RNG and the cache back)."""
         t0 = time.perf_counter()
         proposals = self._check_draft(draft)
         tokens = list(draft.tokens)
         k = len(tokens)
         rng_state = self.generator.get_state() if self.generator is not None else None
         uniforms = None if self.sampling.greedy else RoundUniforms.draw(self.generator, k)  # type: ignore[arg-type]
-        pending = self.kv_cache.sync(self.committed)
         # One grammar mask per window row, for the exits and the final layer alike.
         masks = self.grammar.mask_for_window(tokens) if self.grammar is not None else None
 
@@ -182,25 +221,40 @@ class TargetSession:
                 )
             )
 
-        t_forward = time.perf_counter()
         try:
+            pending = self.kv_cache.sync(self.committed)
             if len(pending) > 1 and not self.kv_cache.ids:
                 # The cache was dropped by a rolled-back round: rebuild it in the generation's own pieces.
                 for piece in refill_pieces(self.committed[:-1], self.prompt_len):
                     self.kv_cache.forward(piece, keep=1)
                 pending = self.committed[-1:]
-            logits = self.early_exit.forward(
-                self.kv_cache,
-                [*pending, *tokens],
-                keep=k + 1,
-                on_exit=on_exit if on_early else None,
-                layers=exits,
-                extra_ids=tokens,
-            )
-            verify_ms = (time.perf_counter() - t_forward) * 1000.0
-            if masks is not None:
-                logits = apply_mask(logits, masks)
-            outcome = verify_window(logits, tokens, self.sampling, proposals, uniforms)
+        except BaseException as exc:
+            self._roll_back(rng_state)
+            if not isinstance(exc, Exception):
+                raise
+            raise round_failed(draft.round) from exc
+        wanted = self.early_exit.exit_layers if exits is None else exits
+        segment = Segment(
+            self.kv_cache,
+            [*pending, *tokens],
+            keep=k + 1,
+            on_exit=on_exit if on_early else None,
+            exit_layers=frozenset(wanted) & frozenset(self.early_exit.exit_layers),
+            extra_ids=tuple(tokens),
+        )
+        return VerifyRound(draft, tokens, proposals, uniforms, masks, rng_state, segment, t0)
+
+    def abort_round(self, plan: VerifyRound) -> None:
+        """The round's forward failed: back to the committed state (a retry draws the same uniforms)."""
+        self._roll_back(plan.rng_state)
+
+    def finish_round(self, plan: VerifyRound, logits: torch.Tensor, verify_ms: float) -> Verdict:
+        """Verify the window from its final logits and commit the outcome (the only mutation of a round)."""
+        draft, tokens = plan.draft, plan.tokens
+        try:
+            if plan.masks is not None:
+                logits = apply_mask(logits, plan.masks)
+            outcome = verify_window(logits, tokens, self.sampling, plan.proposals, plan.uniforms)
             result = apply_finish_rules(
                 self.generated,
                 tokens,
@@ -211,15 +265,10 @@ class TargetSession:
                 self.stops,
             )
         except BaseException as exc:
-            self._roll_back(rng_state)
+            self.abort_round(plan)
             if not isinstance(exc, Exception):
                 raise
-            raise ProtocolError(
-                "internal",
-                "the verification forward failed; the session is back at its committed tokens",
-                round=draft.round,
-                retryable=True,
-            ) from exc
+            raise round_failed(draft.round) from exc
         self.committed.extend(tokens[: result.accepted])
         if result.token is not None:
             self.committed.append(result.token)
@@ -232,7 +281,7 @@ class TargetSession:
             self.kv_cache.reset()  # a finished generation holds no KV cache
         else:
             self.kv_cache.sync(self.committed)
-        elapsed = time.perf_counter() - t0
+        elapsed = time.perf_counter() - plan.t0
         self.busy_s += elapsed
         return Verdict(
             round=draft.round,
