@@ -1,4 +1,4 @@
-"""`eespec perception dataset | train | eval | prune`: the edge perception models (DESIGN.md, "Perception")."""
+"""`eespec perception dataset | train | eval | prune`: the edge perception (DESIGN.md, "Perception")."""
 
 from __future__ import annotations
 
@@ -29,3 +29,133 @@ def dataset(
     typer.echo(
         f"{out}: {len(data.frames)} frames {tuple(data.frames.shape[1:])}, {data.meta['split_frames']}"
     )
+
+
+def _threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+@perception_app.command()
+def train(
+    out: Annotated[Path, typer.Option(help="Where the trained weights go (.safetensors).")],
+    data: Annotated[Path, typer.Option(help="Dataset from `eespec perception dataset`.")] = DEFAULT_DATA,
+    model: Annotated[str, typer.Option(help="ann | snn")] = "snn",
+    coding: Annotated[str, typer.Option(help="SNN input coding: direct | rate | event")] = "direct",
+    timesteps: Annotated[int, typer.Option(min=1, max=32, help="SNN timesteps T.")] = 4,
+    epochs: Annotated[int, typer.Option(min=1)] = 10,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    lr: Annotated[float, typer.Option()] = 2e-3,
+    spike_penalty: Annotated[float, typer.Option(help="× mean firing rate added to the SNN loss.")] = 0.0,
+    fisher_probe: Annotated[int, typer.Option(help="Frames probed for Fisher information per step.")] = 0,
+    checkpoint: Annotated[Path | None, typer.Option(help="Checkpoint (default OUT.ckpt).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the checkpoint when it exists.")] = True,
+    seed: Annotated[int, typer.Option()] = 0,
+    threads: Annotated[int, typer.Option(min=1, help="torch threads.")] = 1,
+) -> None:
+    """Train an ANN or SNN (resumable: a checkpoint per epoch); writes weights and the training history."""
+    import json
+
+    from robot.perception.dataset import Dataset
+    from robot.perception.models import CODINGS, ModelConfig
+    from robot.perception.store import save_model
+    from robot.perception.train import TrainConfig
+    from robot.perception.train import train as run_training
+
+    if model not in ("ann", "snn"):
+        raise typer.BadParameter("--model is ann or snn")
+    if coding not in CODINGS:
+        raise typer.BadParameter(f"--coding is one of {', '.join(CODINGS)}")
+    _threads(threads)
+    ds = Dataset.load(data)
+    h, w = ds.frames.shape[1:3]
+    cfg = ModelConfig(
+        kind=model,
+        coding=coding if model == "snn" else "direct",  # type: ignore[arg-type]
+        timesteps=timesteps if model == "snn" else 1,
+        height=h,
+        width=w,
+    )
+    tcfg = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        spike_penalty=spike_penalty,
+        seed=seed,
+        fisher_probe=fisher_probe,
+    )
+    ckpt = checkpoint or out.with_suffix(".ckpt")
+    net, history = run_training(cfg, tcfg, ds.part("train"), ds.part("val"), ckpt, resume=resume)
+    save_model(net, out, {"data": str(data), "epochs": epochs, "history": history.epochs})
+    out.with_suffix(".history.json").write_text(json.dumps(history.epochs, indent=1))
+    typer.echo(f"{out}: val accuracy {history.epochs[-1]['val']['accuracy']:.4f}")
+
+
+def _eval_frames(data: Path, scenes: Path | None, split: str):  # type: ignore[no-untyped-def]
+    from robot.perception.dataset import Dataset, task_files_dataset
+
+    if scenes is not None:
+        return task_files_dataset(scenes).part("test")
+    return Dataset.load(data).part(split)
+
+
+@perception_app.command("eval")
+def evaluate_models(
+    data: Annotated[Path, typer.Option(help="Dataset from `eespec perception dataset`.")] = DEFAULT_DATA,
+    scenes: Annotated[
+        Path | None, typer.Option(help="Evaluate on frames rendered from the task files (*.json) in DIR.")
+    ] = None,
+    split: Annotated[str, typer.Option(help="train | val | test")] = "test",
+    weights: Annotated[
+        list[Path] | None,
+        typer.Option(help="Weights to evaluate (default: the shipped ann, snn, snn_pruned)."),
+    ] = None,
+    timesteps: Annotated[
+        str | None, typer.Option(help="Also evaluate each SNN at these T (comma list): accuracy vs T.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object, an entry per model.")] = False,
+    layers: Annotated[bool, typer.Option(help="Keep the per-layer operation table (with --json).")] = False,
+) -> None:
+    """Accuracy (mean over label heads), timesteps, MACs or synops, energy and latency on one core."""
+    import json
+
+    from robot.perception.evaluate import evaluate
+    from robot.perception.models import SNN
+    from robot.perception.ops import ENERGY_SOURCE
+    from robot.perception.store import SHIPPED, load_model, load_shipped, with_timesteps
+
+    frames, labels = _eval_frames(data, scenes, split)
+    models = {p.stem: load_model(p) for p in weights} if weights else {n: load_shipped(n) for n in SHIPPED}
+    report: dict = {}
+    for name, model in models.items():
+        entry = evaluate(model, frames, labels)
+        if isinstance(model, SNN) and timesteps:
+            entry["by_timesteps"] = {
+                t: {
+                    k: v
+                    for k, v in evaluate(with_timesteps(model, int(t)), frames, labels).items()
+                    if k in ("accuracy", "synops", "energy_uj", "latency_ms")
+                }
+                for t in timesteps.split(",")
+            }
+        if not layers:
+            entry.pop("layers")
+        report[name] = entry
+    report["_meta"] = {
+        "frames": int(len(frames)),
+        "source": str(scenes or f"{data}:{split}"),
+        "energy_per_op": ENERGY_SOURCE,
+    }
+    if as_json:
+        typer.echo(json.dumps(report))
+        return
+    for name, e in report.items():
+        if name == "_meta":
+            continue
+        ops = f"synops {e['synops']:,}" if "synops" in e else f"MACs {e['macs']:,}"
+        typer.echo(
+            f"{name:12s} acc {e['accuracy']:.4f}  T={e['timesteps']}  {ops}  "
+            f"{e['energy_uj']:.2f} µJ  {e['latency_ms']:.2f} ms  sparsity {e['sparsity']:.2%}"
+        )
+    typer.echo(f"{report['_meta']['frames']} frames from {report['_meta']['source']}")

@@ -52,6 +52,6 @@ def downsample(rgb: np.ndarray, factor: int) -> np.ndarray:
     return view.mean(axis=(1, 3)).round().astype(np.uint8)
 
 
-# The sim's head camera (robot/backends/sim.py): fovy 70° at CAMERA_W × CAMERA_H; its horizontal field of view.
+# The sim head camera (robot/backends/sim.py): fovy 70° at CAMERA_W × CAMERA_H; its horizontal view.
 CAMERA_FOVY_DEG = 70.0
 CAMERA_HFOV_RAD = 2 * math.atan(math.tan(math.radians(CAMERA_FOVY_DEG) / 2) * CAMERA_W / CAMERA_H)

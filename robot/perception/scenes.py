@@ -17,7 +17,7 @@ SHAPES: tuple[str, ...] = get_args(Shape)
 
 
 def random_scene(seed: int, index: int) -> Task:
-    """One random task-file scene: 1–3 objects (distinct colours) and 0–2 grey obstacles ahead of the start."""
+    """One random task-file scene: 1–3 objects (distinct colours), 0–2 grey obstacles ahead of the start."""
     rng = random.Random(f"{seed}:{index}")
     objects = []
     for color in rng.sample(COLORS, rng.randint(1, 3)):

@@ -6,7 +6,7 @@ import json
 from importlib import resources
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file, safe_open
+from safetensors.torch import load_file, safe_open, save_file
 
 from robot.perception.models import ANN, SNN, ModelConfig, build_model
 

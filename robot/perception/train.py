@@ -153,7 +153,7 @@ def train(
             batch_loss.backward()
             opt.step()
             apply_masks(model, masks)
-            total += float(batch_loss)
+            total += float(batch_loss.detach())
             batches += 1
             bar.set_postfix(loss=f"{total / batches:.3f}")
         record = {"epoch": epoch + 1, "loss": total / max(batches, 1), "seconds": time.perf_counter() - t0}
