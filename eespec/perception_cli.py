@@ -159,3 +159,120 @@ def evaluate_models(
             f"{e['energy_uj']:.2f} µJ  {e['latency_ms']:.2f} ms  sparsity {e['sparsity']:.2%}"
         )
     typer.echo(f"{report['_meta']['frames']} frames from {report['_meta']['source']}")
+
+
+@perception_app.command()
+def prune(
+    dense: Annotated[Path, typer.Option(help="The trained dense SNN (.safetensors).")],
+    rewind: Annotated[Path, typer.Option(help="Checkpoint whose weights tickets rewind to (after epoch 1).")],
+    out_dir: Annotated[Path, typer.Option(help="Tickets, pruned models and prune_report.json go here.")],
+    data: Annotated[Path, typer.Option(help="Dataset from `eespec perception dataset`.")] = DEFAULT_DATA,
+    methods: Annotated[str, typer.Option(help="Comma list of imp, et, channels.")] = "imp,et,channels",
+    rounds: Annotated[int, typer.Option(min=1, help="IMP rounds.")] = 3,
+    rate: Annotated[float, typer.Option(min=0.01, max=0.99, help="Weights removed per round.")] = 0.55,
+    epochs_per_round: Annotated[int, typer.Option(min=1)] = 3,
+    search_timesteps: Annotated[int, typer.Option(min=1, help="Early-Time ticket: T of the search.")] = 1,
+    channel_ratio: Annotated[float, typer.Option(min=0.05, max=0.95, help="Channels removed.")] = 0.5,
+    channel_epochs: Annotated[int, typer.Option(min=0, help="Fine-tuning after channel pruning.")] = 3,
+    threads: Annotated[int, typer.Option(min=1, help="torch threads.")] = 1,
+) -> None:
+    """Lottery tickets (IMP with rewinding, Early-Time ticket) and Torch-Pruning channel pruning."""
+    import json
+    import time
+
+    import torch
+
+    from robot.perception.dataset import Dataset
+    from robot.perception.evaluate import evaluate
+    from robot.perception.prune import channel_prune, imp_with_rewinding, sparsity, train_ticket
+    from robot.perception.store import load_model, save_model
+    from robot.perception.train import TrainConfig, train
+
+    _threads(threads)
+    ds = Dataset.load(data)
+    train_val = (ds.part("train"), ds.part("val"))
+    test = ds.part("test")
+    model = load_model(dense)
+    rewind_state = torch.load(rewind, weights_only=False)["state_dict"]
+    tcfg = TrainConfig(epochs=epochs_per_round)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report_path = out_dir / "prune_report.json"
+    report: dict = json.loads(report_path.read_text()) if report_path.exists() else {}
+    report["dense"] = {k: v for k, v in evaluate(model, *test).items() if k != "layers"}
+    wanted = set(methods.split(","))
+
+    def record(name: str, net, extra: dict) -> None:  # type: ignore[no-untyped-def]
+        save_model(net, out_dir / f"{name}.safetensors", extra)
+        entry = {k: v for k, v in evaluate(net, *test).items() if k != "layers"}
+        report[name] = entry | extra
+        report_path.write_text(json.dumps(report, indent=1))
+        typer.echo(
+            f"{name}: test accuracy {entry['accuracy']:.4f}, sparsity {entry['sparsity']:.2%}, "
+            f"{entry['latency_ms']:.2f} ms"
+        )
+
+    if "imp" in wanted:
+        search = imp_with_rewinding(
+            model,
+            rewind_state,
+            train_val,
+            rounds=rounds,
+            rate=rate,
+            train_cfg=tcfg,
+            timesteps=model.config.timesteps,
+            workdir=out_dir / "imp",
+        )
+        record(
+            "imp_ticket",
+            search.model,
+            {
+                "rounds": search.rounds,
+                "search_s": round(search.search_s, 1),
+                "mask_sparsity": round(sparsity(search.masks), 4),
+            },
+        )
+    if "et" in wanted:
+        search = imp_with_rewinding(
+            model,
+            rewind_state,
+            train_val,
+            rounds=rounds,
+            rate=rate,
+            train_cfg=tcfg,
+            timesteps=search_timesteps,
+            workdir=out_dir / "et",
+        )
+        ticket, final_s = train_ticket(
+            search.masks, rewind_state, model.config, train_val, tcfg, out_dir / "et" / "final.ckpt"
+        )
+        record(
+            "et_ticket",
+            ticket,
+            {
+                "rounds": search.rounds,
+                "search_timesteps": search_timesteps,
+                "search_s": round(search.search_s, 1),
+                "final_train_s": round(final_s, 1),
+                "mask_sparsity": round(sparsity(search.masks), 4),
+            },
+        )
+    if "channels" in wanted:
+        t0 = time.perf_counter()
+        small = channel_prune(model, channel_ratio)
+        if channel_epochs:
+            small, _ = train(
+                small.config,
+                TrainConfig(epochs=channel_epochs),
+                *train_val,
+                out_dir / "channels.ckpt",
+                init_state=small.state_dict(),
+            )
+        record(
+            "channels",
+            small,
+            {
+                "channel_ratio": channel_ratio,
+                "widths": list(small.config.widths),
+                "seconds": round(time.perf_counter() - t0, 1),
+            },
+        )

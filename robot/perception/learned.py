@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import torch
@@ -43,3 +44,16 @@ class LearnedPerception:
             torch.set_num_threads(previous)
         self.latencies_ms.append(self.last_ms)
         return decode(logits, frame.stamp, self.task)
+
+    def summary(self) -> dict:
+        """Name, frames seen and latency on `threads` core(s): median and 95th percentile in ms."""
+        lat = sorted(self.latencies_ms)
+        if not lat:
+            return {"name": self.name, "frames": 0}
+        return {
+            "name": self.name,
+            "frames": len(lat),
+            "threads": self.threads,
+            "latency_ms_median": round(statistics.median(lat), 3),
+            "latency_ms_p95": round(lat[min(len(lat) - 1, int(0.95 * len(lat)))], 3),
+        }

@@ -79,6 +79,7 @@ def _save(
     history: History,
     train_cfg: TrainConfig,
     masks: dict | None,
+    rewind_state: dict | None,
 ) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -91,6 +92,7 @@ def _save(
             "optimizer": opt.state_dict(),
             "history": history.epochs,
             "masks": masks,
+            "rewind_state": rewind_state,
         },
         tmp,
     )
@@ -108,21 +110,25 @@ def train(
     init_state: dict | None = None,
     masks: dict[str, torch.Tensor] | None = None,
     progress: bool = True,
+    rewind_epoch: int = 1,
 ) -> tuple[torch.nn.Module, History]:
-    """Train (or continue from `checkpoint` when `resume` and it exists); `masks` keep pruned weights at 0."""
+    """Train (or continue from `checkpoint` when `resume` and it exists); `masks` keep pruned weights at 0.
+
+    The weights after `rewind_epoch` epochs stay in the checkpoint (`rewind_state`): lottery tickets rewind
+    to them."""
     torch.manual_seed(train_cfg.seed)
     model = build_model(model_cfg)
     if init_state is not None:
         model.load_state_dict(init_state)
     opt = torch.optim.Adam(model.parameters(), lr=train_cfg.lr)
-    history, start = History(), 0
+    history, start, rewind_state = History(), 0, None
     if resume and checkpoint.exists():
         ck = torch.load(checkpoint, weights_only=False)
         if ck["model_config"] != model_cfg.to_dict():
             raise ValueError(f"{checkpoint} holds a different model ({ck['model_config']}); use a new path")
         model.load_state_dict(ck["state_dict"])
         opt.load_state_dict(ck["optimizer"])
-        history.epochs, start = ck["history"], ck["epoch"]
+        history.epochs, start, rewind_state = ck["history"], ck["epoch"], ck.get("rewind_state")
         masks = ck["masks"] if masks is None else masks
     apply_masks(model, masks)
     frames, labels = train_data
@@ -163,7 +169,10 @@ def train(
         history.epochs.append(record)
         if progress:
             tqdm.write(json.dumps({k: v for k, v in record.items() if k != "fisher"}, default=float)[:200])
-        _save(checkpoint, model, opt, epoch + 1, history, train_cfg, masks)
+        if epoch + 1 == rewind_epoch:
+            rewind_state = {k: v.clone() for k, v in model.state_dict().items()}
+        _save(checkpoint, model, opt, epoch + 1, history, train_cfg, masks, rewind_state)
+    model.rewind_state = rewind_state  # type: ignore[assignment]
     return model, history
 
 
