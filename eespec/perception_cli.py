@@ -96,8 +96,12 @@ def _eval_frames(data: Path, scenes: Path | None, split: str):  # type: ignore[n
     from robot.perception.dataset import Dataset, task_files_dataset
 
     if scenes is not None:
-        return task_files_dataset(scenes).part("test")
-    return Dataset.load(data).part(split)
+        ds = task_files_dataset(scenes)
+        return (*ds.part("test"), ds.meta)
+    if not data.exists():
+        raise typer.BadParameter(f"no dataset {data} (make one: `eespec perception dataset`)")
+    ds = Dataset.load(data)
+    return (*ds.part(split), ds.meta)
 
 
 @perception_app.command("eval")
@@ -116,16 +120,20 @@ def evaluate_models(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object, an entry per model.")] = False,
     layers: Annotated[bool, typer.Option(help="Keep the per-layer operation table (with --json).")] = False,
+    card: Annotated[
+        bool, typer.Option(help="Write the figures to the shipped model card (weights/card.json).")
+    ] = False,
 ) -> None:
     """Accuracy (mean over label heads), timesteps, MACs or synops, energy and latency on one core."""
     import json
+    import platform
 
     from robot.perception.evaluate import evaluate
     from robot.perception.models import SNN
     from robot.perception.ops import ENERGY_SOURCE
     from robot.perception.store import SHIPPED, load_model, load_shipped, with_timesteps
 
-    frames, labels = _eval_frames(data, scenes, split)
+    frames, labels, data_meta = _eval_frames(data, scenes, split)
     models = {p.stem: load_model(p) for p in weights} if weights else {n: load_shipped(n) for n in SHIPPED}
     report: dict = {}
     for name, model in models.items():
@@ -146,7 +154,16 @@ def evaluate_models(
         "frames": int(len(frames)),
         "source": str(scenes or f"{data}:{split}"),
         "energy_per_op": ENERGY_SOURCE,
+        "latency": f"median single-frame forward, 1 torch thread ({platform.machine()})",
+    } | {
+        k: data_meta[k]
+        for k in ("seed", "scenes", "frames_per_scene", "factor", "task_files")
+        if k in data_meta
     }
+    if card:
+        from robot.perception.store import shipped_dir
+
+        (shipped_dir() / "card.json").write_text(json.dumps(report, indent=1) + "\n")
     if as_json:
         typer.echo(json.dumps(report))
         return

@@ -424,7 +424,8 @@ def run(
         typer.echo("WARNING: the robot status API (e-stop included) is served without a key", err=True)
     the_task = _load_task(task, seed)
     models = None
-    if planner != "scripted":  # with --server only the draft runs here (edge-only fallback included)
+    # with --server only the draft runs here (edge-only fallback included)
+    if planner not in ("scripted", "scene-follow"):
         local_target = None if server is not None and planner != "edge-only" else target
         models = _Models(None if planner == "edge-only" else local_target, draft, window, threads)
     result = asyncio.run(

@@ -68,10 +68,21 @@ def render_frames(
 
 
 def build_dataset(
-    *, seed: int, scenes: int, frames_per_scene: int, factor: int = DEFAULT_FACTOR, progress: bool = True
+    *,
+    seed: int,
+    scenes: int,
+    frames_per_scene: int,
+    factor: int = DEFAULT_FACTOR,
+    progress: bool = True,
+    only_split: str | None = None,
 ) -> Dataset:
+    """`scenes` random scenes × `frames_per_scene` poses; `only_split` renders just that split's scenes
+    (the same frames the full dataset holds for it: scenes, poses and splits are seeded per scene)."""
     frames, labels, scene_ids, splits = [], [], [], []
-    for i in tqdm(range(scenes), desc="scenes", unit="scene", disable=not progress):
+    keep = [
+        i for i in range(scenes) if only_split is None or scene_split(seed, i) == SPLITS.index(only_split)
+    ]
+    for i in tqdm(keep, desc="scenes", unit="scene", disable=not progress):
         task = random_scene(seed, i)
         f, lab = render_frames(task, random_poses(task, seed, frames_per_scene), factor)
         frames.append(f)

@@ -20,6 +20,7 @@ DETOUR_DEG = {"left": 45.0, "right": -45.0, "back": 150.0, "ahead": 0.0}
 SEARCH_DEG = 40.0
 STEP_S = 0.5
 MEMORY_S = 2.0  # a near target below the camera's view is still ahead for this long
+EXPLORE_AFTER = 9  # search turns (one full turn) without seeing the target, then walk on and look again
 
 
 def _near_goal(condition: Condition) -> Near | None:
@@ -41,6 +42,7 @@ class SceneFollowPlanner:
             raise ValueError(f"scene-follow plans `near` goals; task {task.name!r} has none")
         self.target = task.object(goal.near)
         self._last_near_t = -1e9
+        self._search_turns = 0
 
     async def plan(self, obs: Observation, emit: Emit) -> PlanStats:
         for action in self.next_actions(obs):
@@ -62,7 +64,12 @@ class SceneFollowPlanner:
                 return [Move(action="move", vx=SPEED["near"], duration_s=STEP_S), Stop(action="stop")]
             if scene is not None and scene.obstacle_ahead:
                 return [Turn(action="turn", deg=DETOUR_DEG[scene.free_direction])]
+            self._search_turns += 1
+            if self._search_turns > EXPLORE_AFTER:  # hidden (behind something): walk on, then look again
+                self._search_turns = 0
+                return [Move(action="move", vx=SPEED["mid"], duration_s=3 * STEP_S)]
             return [Turn(action="turn", deg=SEARCH_DEG)]
+        self._search_turns = 0
         turn = TURN_DEG[seen.bearing]
         if seen.distance == "near" and seen.bearing == "ahead":
             self._last_near_t = obs.t

@@ -9,6 +9,7 @@ E ||∇θ log p(y | x; mean of the outputs of steps 1..t)||², estimated on a fi
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -136,6 +137,8 @@ def train(
     probe = min(train_cfg.fisher_probe, len(frames))
     probe_x, probe_y = frames_to_tensor(frames[:probe]), torch.as_tensor(labels[:probe])
     for epoch in range(start, train_cfg.epochs):
+        for group in opt.param_groups:  # cosine decay by epoch: resuming is exact
+            group["lr"] = train_cfg.lr * 0.5 * (1 + math.cos(math.pi * epoch / train_cfg.epochs))
         model.train()
         order = rng.permutation(len(frames))
         t0, total, batches = time.perf_counter(), 0.0, 0
