@@ -181,7 +181,9 @@ def evaluate_models(
 @perception_app.command()
 def prune(
     dense: Annotated[Path, typer.Option(help="The trained dense SNN (.safetensors).")],
-    rewind: Annotated[Path, typer.Option(help="Checkpoint whose weights tickets rewind to (after epoch 1).")],
+    rewind: Annotated[
+        Path, typer.Option(help="The dense SNN's training checkpoint: tickets rewind to its epoch-1 weights.")
+    ],
     out_dir: Annotated[Path, typer.Option(help="Tickets, pruned models and prune_report.json go here.")],
     data: Annotated[Path, typer.Option(help="Dataset from `eespec perception dataset`.")] = DEFAULT_DATA,
     methods: Annotated[str, typer.Option(help="Comma list of imp, et, channels.")] = "imp,et,channels",
@@ -210,7 +212,9 @@ def prune(
     train_val = (ds.part("train"), ds.part("val"))
     test = ds.part("test")
     model = load_model(dense)
-    rewind_state = torch.load(rewind, weights_only=False)["state_dict"]
+    ck = torch.load(rewind, weights_only=False)
+    # a training checkpoint keeps the weights after epoch 1 (`rewind_state`); an older one is its own state
+    rewind_state = ck.get("rewind_state") or ck["state_dict"]
     tcfg = TrainConfig(epochs=epochs_per_round)
     out_dir.mkdir(parents=True, exist_ok=True)
     report_path = out_dir / "prune_report.json"

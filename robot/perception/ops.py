@@ -31,10 +31,12 @@ class LayerOps:
     synops: float = 0.0  # per frame (summed over T)
     spikes: float = 0.0  # output spikes per frame (summed over T), SNN only
     neurons: int = 0
+    timesteps: int = 1
 
     @property
     def firing_rate(self) -> float:
-        return self.spikes / self.neurons if self.neurons else 0.0
+        """Spikes per neuron per timestep."""
+        return self.spikes / (self.neurons * self.timesteps) if self.neurons else 0.0
 
 
 def _conv_pairs(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
@@ -88,6 +90,7 @@ def snn_ops(model: SNN, frames: torch.Tensor) -> list[LayerOps]:
             layer_ops.synops = float(_conv_pairs(spikes[i - 1].flatten(0, 1), model.convs[i]).sum()) / b
         layer_ops.spikes = float(s.sum()) / b
         layer_ops.neurons = int(s[0, 0].numel())
+        layer_ops.timesteps = int(s.shape[0])
         layers.append(layer_ops)
     # readout: each spike of the last layer reaches the fc through the 2×2 average pool
     last = spikes[-1].flatten(0, 1)  # (T·B, C, H, W)
