@@ -307,3 +307,146 @@ def test_learned_perception_reads_a_frame(tmp_path):
     assert scene.stamp == 1.5 and p.last_ms > 0
     assert p.perceive(None, state).objects == []
     random.seed(0)
+
+
+# --- pruning ---------------------------------------------------------------------------------------------
+
+
+def test_magnitude_masks_prune_globally_and_only_what_is_alive():
+    from robot.perception.prune import magnitude_masks, prunable, sparsity
+
+    torch.manual_seed(0)
+    model = build_model(TINY)
+    masks = magnitude_masks(model, 0.5)
+    assert set(masks) == set(prunable(model)) and "norms.0.weight" not in masks
+    assert sparsity(masks) == pytest.approx(0.5, abs=0.01)
+    kept = torch.cat([p.detach().abs()[masks[n] > 0] for n, p in prunable(model).items()])
+    dropped = torch.cat([p.detach().abs()[masks[n] == 0] for n, p in prunable(model).items()])
+    assert kept.min() >= dropped.max()  # one global threshold across layers
+    again = magnitude_masks(model, 0.5, masks)
+    assert sparsity(again) == pytest.approx(0.75, abs=0.01)
+    assert all(bool((again[n] <= masks[n]).all()) for n in masks)  # a pruned weight stays pruned
+
+
+def test_imp_rewinds_survivors_and_keeps_pruned_weights_at_zero(tmp_path):
+    from robot.perception.prune import imp_with_rewinding, train_ticket
+    from robot.perception.train import TrainConfig
+
+    data = _tiny_dataset(tmp_path / "d.npz")
+    torch.manual_seed(0)
+    dense = build_model(TINY)
+    rewind = {k: v.clone() for k, v in build_model(TINY).state_dict().items()}
+    search = imp_with_rewinding(
+        dense,
+        rewind,
+        (data.part("train"), data.part("val")),
+        rounds=2,
+        rate=0.5,
+        train_cfg=TrainConfig(epochs=1, batch_size=16),
+        timesteps=1,
+        workdir=tmp_path,
+        progress=False,
+    )
+    assert [r["round"] for r in search.rounds] == [1, 2] and search.rounds[-1]["sparsity"] == pytest.approx(
+        0.75, abs=0.01
+    )
+    assert search.model.config.timesteps == 1  # searched at T = 1 (the Early-Time ticket)
+    ticket, _ = train_ticket(
+        search.masks,
+        rewind,
+        TINY,
+        (data.part("train"), data.part("val")),
+        TrainConfig(epochs=1, batch_size=16),
+        tmp_path / "final.ckpt",
+        progress=False,
+    )
+    assert ticket.config.timesteps == TINY.timesteps
+    for name, mask in search.masks.items():
+        weight = dict(ticket.named_parameters())[name]
+        assert bool((weight[mask == 0] == 0).all())
+
+
+def test_channel_pruning_gives_a_smaller_dense_snn():
+    from robot.perception.prune import channel_prune
+
+    model = build_model(ModelConfig(kind="snn", timesteps=2, widths=(8, 8, 16), height=12, width=16))
+    small = channel_prune(model, 0.5)
+    assert small.config.widths == (4, 4, 8) and small.config.timesteps == 2
+    assert small(torch.rand(3, 3, 12, 16)).shape == (3, N_OUTPUTS)
+
+
+# --- the planner's side: scene-follow, sensing-to-action ---------------------------------------------------
+
+
+def _scene(objects=(), obstacle_ahead=False, free="ahead"):
+    from robot.perception.scene import SceneDescription, SeenObject
+
+    seen = [
+        SeenObject(name=n, shape=s, color=c, bearing=b, distance=d, bearing_rad=0.0, distance_m=1.0)
+        for n, s, c, b, d in objects
+    ]
+    return SceneDescription(stamp=0.0, objects=seen, obstacle_ahead=obstacle_ahead, free_direction=free)
+
+
+def test_scene_follow_steers_by_the_bins_it_is_given():
+    from robot.interface import RobotState
+    from robot.perception.follow import SceneFollowPlanner
+    from robot.planner import Observation
+    from robot.tasks import load_task
+
+    task = load_task("blue-ball-ahead")
+    planner = SceneFollowPlanner(task)
+    state = RobotState(0, 0, 0, 0, 0, 0, "standing", "move", 0, 0.0)
+
+    def act(scene, t=0.0):
+        return [a.model_dump() for a in planner.next_actions(Observation(t, "", state, scene))]
+
+    assert act(_scene())[0] == {"action": "turn", "deg": 40.0}  # not seen: search
+    ball = ("blue ball", "sphere", "blue", "far left", "far")
+    assert act(_scene([ball]))[0] == {"action": "turn", "deg": 30.0}
+    ahead = ("blue ball", "sphere", "blue", "ahead", "mid")
+    assert act(_scene([ahead]))[0]["action"] == "move" and act(_scene([ahead]))[0]["vx"] == 0.45
+    near = ("blue ball", "sphere", "blue", "ahead", "near")
+    assert [a["action"] for a in act(_scene([near]), t=1.0)] == ["move", "stop"]
+    assert [a["action"] for a in act(_scene(), t=2.0)] == ["move", "stop"]  # just below the view: creep on
+    assert act(_scene([ahead], obstacle_ahead=True, free="right"))[0] == {"action": "turn", "deg": -45.0}
+    with pytest.raises(ValueError, match="near"):
+        SceneFollowPlanner(load_task("stop-at-line"))
+
+
+def test_adaptive_perception_senses_slowly_when_still_and_skips_unchanged_frames():
+    from robot.interface import CameraFrame, RobotState
+    from robot.perception.adaptive import ActionAwarePerception
+    from robot.perception.learned import LearnedPerception
+
+    model = build_model(ModelConfig(kind="ann", widths=(4, 4, 8), height=60, width=80))
+    seer = ActionAwarePerception(LearnedPerception(model, "ann"), still_every=5)
+    rng = np.random.default_rng(0)
+    still = RobotState(0, 0, 0, 0, 0, 0, "standing", "move", 0, 0.0)
+    walking = RobotState(0, 0, 0, 0.5, 0, 0, "standing", "move", 0, 0.0)
+
+    def frame(t, same=False):
+        rgb = np.full((120, 160, 3), 100, np.uint8) if same else rng.integers(0, 255, (120, 160, 3), np.uint8)
+        return CameraFrame(rgb=rgb, stamp=t, name="head")
+
+    for i in range(10):
+        seer.perceive(frame(i), still)
+    for i in range(10):
+        seer.perceive(frame(10 + i), walking)
+    for i in range(5):
+        seer.perceive(frame(20 + i, same=True), walking)  # unchanged image: perceived once
+    s = seer.summary()
+    assert s["by_motion"]["still"] == [2, 10]  # the first frame, then one in five
+    assert s["by_motion"]["forward"] == [11, 15]
+    assert s["frames_perceived"] == 13 and s["compute_fraction"] == pytest.approx(13 / 25, abs=1e-4)
+    assert seer.perceive(frame(30, same=True), walking).stamp == 30
+
+
+def test_make_perception_by_name():
+    from robot.perception import PERCEPTIONS, OraclePerception, make_perception
+
+    task = random_scene(0, 0)
+    assert isinstance(make_perception("oracle", task), OraclePerception)
+    assert {"oracle", "ann", "snn", "snn_pruned"} <= set(PERCEPTIONS)
+    with pytest.raises(ValueError, match="unknown perception"):
+        make_perception("lidar", task)

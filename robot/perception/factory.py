@@ -6,11 +6,12 @@ from robot.perception.oracle import OraclePerception
 from robot.perception.scene import Perception
 from robot.tasks import Task
 
-PERCEPTIONS = ("oracle", "ann", "snn", "snn_pruned")
+PERCEPTIONS = ("oracle", "ann", "snn", "snn_pruned", "snn+adaptive", "ann+adaptive")
 
 
 def make_perception(name: str, task: Task, threads: int = 1) -> Perception:
-    """`oracle` (the simulator's ground truth) or a shipped learned model reading the head camera."""
+    """`oracle` (the simulator's ground truth) or a shipped learned model reading the head camera;
+    `NAME+adaptive`: its perception rate follows the robot's motion (`robot.perception.adaptive`)."""
     if name == "oracle":
         return OraclePerception(task)
     if name not in PERCEPTIONS:
@@ -18,4 +19,10 @@ def make_perception(name: str, task: Task, threads: int = 1) -> Perception:
     from robot.perception.learned import LearnedPerception
     from robot.perception.store import load_shipped
 
-    return LearnedPerception(load_shipped(name), name, task, threads=threads)
+    model_name, _, policy = name.partition("+")
+    seer = LearnedPerception(load_shipped(model_name), model_name, task, threads=threads)
+    if policy == "adaptive":
+        from robot.perception.adaptive import ActionAwarePerception
+
+        return ActionAwarePerception(seer)
+    return seer
