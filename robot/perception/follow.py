@@ -53,7 +53,7 @@ class SceneFollowPlanner:
         if scene is None:
             return None
         for o in scene.objects:
-            if o.name == self.target.name or (o.color, o.shape) == (self.target.color, self.target.shape):
+            if o.name == self.target.name:
                 return o
         return None
 

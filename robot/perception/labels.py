@@ -111,9 +111,15 @@ def head_correct(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, tuple[
 
 
 def decode(logits: torch.Tensor, stamp: float, task: Task | None = None) -> SceneDescription:
-    """One frame's logits (N_OUTPUTS,) → a scene description; names are the task's when colour+shape match."""
+    """One frame's logits (N_OUTPUTS,) → a scene description; objects get the task's names when colour and
+    shape match, or the colour alone when only one task object has it."""
     heads = {k: v[0] for k, v in split_logits(logits.reshape(1, -1)).items()}
     names = {(o.color, o.shape): o.name for o in task.objects} if task is not None else {}
+    colors = [o.color for o in task.objects] if task is not None else []
+    # the instruction's object of a colour no other object has is named even when the shape guess is off
+    by_color = (
+        {o.color: o.name for o in task.objects if colors.count(o.color) == 1} if task is not None else {}
+    )
     objects = []
     for c, color in enumerate(COLORS):
         shape = SHAPE_CLASSES[int(heads["shape"][c].argmax())]
@@ -123,7 +129,7 @@ def decode(logits: torch.Tensor, stamp: float, task: Task | None = None) -> Scen
         distance = DISTANCES[int(heads["distance"][c].argmax())]
         objects.append(
             SeenObject(
-                name=names.get((color, shape), f"{color} {SHAPE_NAME[shape]}"),
+                name=names.get((color, shape)) or by_color.get(color) or f"{color} {SHAPE_NAME[shape]}",
                 shape=shape,
                 color=color,
                 bearing=bearing,  # type: ignore[arg-type]
