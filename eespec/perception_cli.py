@@ -161,9 +161,10 @@ def evaluate_models(
         if k in data_meta
     }
     if card:
+        from robot.perception.card import write_card
         from robot.perception.store import shipped_dir
 
-        (shipped_dir() / "card.json").write_text(json.dumps(report, indent=1) + "\n")
+        write_card(report, shipped_dir())
     if as_json:
         typer.echo(json.dumps(report))
         return
