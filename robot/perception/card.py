@@ -7,8 +7,9 @@ from pathlib import Path
 INTRO = """# Edge perception models (issue 15)
 
 Shipped: `ann` (small CNN), `snn` (its spiking twin: spikingjelly LIF neurons, ATan surrogate gradient,
-direct coding, T = 4), `snn_pruned` (the SNN's lottery ticket). Input: the sim head camera (160×120)
-downsampled 2× to 80×60 RGB. Output: per colour (8 task-file colours) the nearest visible object's shape
+direct coding, T = 4, 4 epochs), `snn_pruned` (a lottery ticket, 90.4 % of the weights zero, found by
+IMP with rewinding from an earlier 10-epoch run of the same SNN, not from `snn`). Input: the sim head
+camera (160×120) downsampled 2× to 80×60 RGB. Output: per colour (8 task-file colours) the nearest visible object's shape
 (absent/sphere/box/cylinder), bearing bin (5) and distance bin (3), plus obstacle ahead and free direction —
 the oracle's own bins (`robot/perception/labels.py`). Trained on random task-file scenes rendered by MuJoCo
 (`eespec perception dataset`, seed 0: 500 scenes × 10 poses, split by scene 80/10/10).
@@ -17,7 +18,8 @@ Figures below are recomputed by `tests/test_perception_slow.py` (it renders the 
 `accuracy` is the mean over the 5 label heads of each head's accuracy (bearing and distance only where the
 object is visible). `macs`/`synops` per frame: exact counts (`robot/perception/ops.py`); for the direct-coded
 SNN the first convolution reads the analog frame and its MACs are counted separately (`macs`).
-Energy: {energy}. Latency: {latency}; it depends on the machine (the slow test does not compare it).
+Energy: {energy}. Latency: {latency}; it depends on the machine and its load (it was measured on a
+loaded 2-core VM; the slow test does not compare it; benchmarks/RESULTS.md has interleaved figures).
 
 Limits: trained on simulator frames only (flat grey floor, sky gradient, the 3 shapes × 8 colours); a
 colour seen twice reports its nearest object only; bearing/distance are bins (a learned model reports the
