@@ -7,12 +7,12 @@ from pathlib import Path
 INTRO = """# Edge perception models (issue 15)
 
 Shipped: `ann` (small CNN), `snn` (its spiking twin: spikingjelly LIF neurons, ATan surrogate gradient,
-direct coding, T = 4, 4 epochs), `snn_pruned` (a lottery ticket, 90.4 % of the weights zero, found by
-IMP with rewinding from an earlier 10-epoch run of the same SNN, not from `snn`). Input: the sim head
-camera (160×120) downsampled 2× to 80×60 RGB. Output: per colour (8 task-file colours) the nearest visible object's shape
-(absent/sphere/box/cylinder), bearing bin (5) and distance bin (3), plus obstacle ahead and free direction —
-the oracle's own bins (`robot/perception/labels.py`). Trained on random task-file scenes rendered by MuJoCo
-(`eespec perception dataset`, seed 0: 500 scenes × 10 poses, split by scene 80/10/10).
+direct coding, T = 4, 4 epochs), `snn_pruned` (a lottery ticket, 90.4 % of the weights zero, found by IMP
+with rewinding from an earlier 10-epoch run of the same SNN, not from `snn`). Input: the sim head camera
+(160×120) downsampled 2× to 80×60 RGB. Output: per colour (8 task-file colours) the nearest visible object's
+shape (absent/sphere/box/cylinder), bearing bin (5) and distance bin (3), plus obstacle ahead and free
+direction — the oracle's own bins (`robot/perception/labels.py`). Trained on random task-file scenes
+rendered by MuJoCo (`eespec perception dataset`, seed 0: 500 scenes × 10 poses, split by scene 80/10/10).
 
 Figures below are recomputed by `tests/test_perception_slow.py` (it renders the test split again).
 `accuracy` is the mean over the 5 label heads of each head's accuracy (bearing and distance only where the
