@@ -30,6 +30,9 @@ app.add_typer(models_app, name="models")
 from eespec.robot_cli import robot_app  # noqa: E402  (imports nothing heavy at load time)
 
 app.add_typer(robot_app, name="robot")
+from eespec.perception_cli import perception_app  # noqa: E402
+
+app.add_typer(perception_app, name="perception")
 err = Console(stderr=True)
 
 

@@ -269,6 +269,10 @@ def build_planners(
 
     if mode == "scripted":
         return ScriptedPlanner(task), ScriptedPlanner(task, verified=False), []
+    if mode == "scene-follow":  # perception comparisons: plans from the scene description only
+        from robot.perception.follow import SceneFollowPlanner
+
+        return SceneFollowPlanner(task), None, []
     if server is not None and mode != "edge-only":
         remote = RemoteBackend(server, api_key, draft, mode, window, models)
         fallback = LocalBackend(models, "edge-only") if models is not None else None
@@ -295,8 +299,10 @@ async def run_episode(
     plan_max_age_s: float = 5.0,
     damp_on_estop: bool = False,
     sim_robot: str = "auto",
+    perception: str = "oracle",
 ) -> Any:
-    from robot import DaemonConfig, EpisodeLog, HttpHealthPing, OraclePerception, RobotDaemon, make_robot
+    from robot import DaemonConfig, EpisodeLog, HttpHealthPing, RobotDaemon, make_robot
+    from robot.perception import make_perception
     from robot.status_server import StatusServer, create_status_app
 
     planner, fallback, closers = build_planners(
@@ -311,7 +317,7 @@ async def run_episode(
         robot,
         task,
         planner,
-        OraclePerception(task),
+        seer := make_perception(perception, task),
         config=config,
         log=EpisodeLog(log_dir),
         fallback_planner=fallback,
@@ -326,7 +332,14 @@ async def run_episode(
         loop.add_signal_handler(signal.SIGINT, daemon.request_stop)
         loop.add_signal_handler(signal.SIGTERM, daemon.request_stop)
     try:
-        return await daemon.run()
+        result = await daemon.run()
+        if hasattr(seer, "latencies_ms"):  # learned perception: its latency on one core, in the summary
+            result.summary["perception"] = seer.summary()
+            if log_dir is not None:
+                (Path(log_dir) / "perception.json").write_text(json.dumps(result.summary["perception"]))
+        else:
+            result.summary["perception"] = {"name": perception}
+        return result
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -366,7 +379,9 @@ def run(
     api_key: Annotated[
         str | None, typer.Option(envvar="EESPEC_API_KEY", help="The cloud server's API key (env preferred).")
     ] = None,
-    perception: Annotated[str, typer.Option(help="oracle (ann | snn come later)")] = "oracle",
+    perception: Annotated[
+        str, typer.Option(help="oracle | ann | snn | snn_pruned (learned models read the head camera)")
+    ] = "oracle",
     link_loss: Annotated[str, typer.Option(help="stop | edge-only")] = "stop",
     duration: Annotated[float | None, typer.Option(help="End the episode after S seconds.")] = None,
     log: Annotated[Path | None, typer.Option(help="Episode log directory.")] = None,
@@ -391,10 +406,12 @@ def run(
 
     if backend not in BACKENDS:
         raise typer.BadParameter(f"--backend is one of {', '.join(BACKENDS)}")
-    if planner not in PLANNER_MODES:
-        raise typer.BadParameter(f"--planner is one of {', '.join(PLANNER_MODES)}")
-    if perception != "oracle":
-        raise typer.BadParameter("--perception: only `oracle` is available so far")
+    if planner not in (*PLANNER_MODES, "scene-follow"):
+        raise typer.BadParameter(f"--planner is one of {', '.join(PLANNER_MODES)}, scene-follow")
+    from robot.perception import PERCEPTIONS
+
+    if perception not in PERCEPTIONS:
+        raise typer.BadParameter(f"--perception is one of {', '.join(PERCEPTIONS)}")
     if link_loss not in ("stop", "edge-only"):
         raise typer.BadParameter("--link-loss is stop or edge-only")
     # Secure by default, like `eespec serve`: the status API can e-stop and reset the robot.
@@ -407,7 +424,8 @@ def run(
         typer.echo("WARNING: the robot status API (e-stop included) is served without a key", err=True)
     the_task = _load_task(task, seed)
     models = None
-    if planner != "scripted":  # with --server only the draft runs here (edge-only fallback included)
+    # with --server only the draft runs here (edge-only fallback included)
+    if planner not in ("scripted", "scene-follow"):
         local_target = None if server is not None and planner != "edge-only" else target
         models = _Models(None if planner == "edge-only" else local_target, draft, window, threads)
     result = asyncio.run(
@@ -428,6 +446,7 @@ def run(
             plan_max_age_s=plan_max_age,
             damp_on_estop=damp_on_estop,
             sim_robot=sim_robot,
+            perception=perception,
         )
     )
     typer.echo(json.dumps(result.summary | {"end": result.reason}))

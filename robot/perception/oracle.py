@@ -22,8 +22,9 @@ AHEAD_M = 0.8
 class OraclePerception:
     name = "oracle"
 
-    def __init__(self, task: Task) -> None:
+    def __init__(self, task: Task, hfov_rad: float = CAMERA_HFOV_RAD) -> None:
         self.task = task
+        self.hfov_rad = hfov_rad  # the learned models' labels use the sim camera's own field of view
 
     def perceive(self, frame: CameraFrame | None, state: RobotState) -> SceneDescription:
         x, y, yaw = state.pose
@@ -31,7 +32,7 @@ class OraclePerception:
         for obj in self.task.objects:
             bearing = bearing_to(x, y, yaw, obj.x, obj.y)
             dist = obj.surface_distance(x, y)
-            if abs(bearing) > CAMERA_HFOV_RAD / 2 or dist > MAX_RANGE_M or self._occluded(x, y, obj.x, obj.y):
+            if abs(bearing) > self.hfov_rad / 2 or dist > MAX_RANGE_M or self._occluded(x, y, obj.x, obj.y):
                 continue
             seen.append(
                 SeenObject(
