@@ -12,8 +12,10 @@ import torch
 from cloud_server.engine.early_exit import EarlyExitTarget
 from cloud_server.engine.exits import ExitHeads, resolve_exit_heads
 from shared.hashing import vocab_hash
-from shared.models import eos_ids_of
+from shared.models import eos_ids_of, resolve_model
+
 from shared.precision import Precision, load_in_precision
+from shared.vlm import is_vlm, load_processor, text_config
 
 
 @dataclass
@@ -26,10 +28,14 @@ class LoadedTarget:
     early_exit: EarlyExitTarget
     vocab_hash: str
     eos_ids: list[int]
+    processor: Any = None  # a vision-language target's processor (None for a text LM)
 
     @classmethod
-    def build(cls, name: str, model, tokenizer, heads: ExitHeads | None) -> LoadedTarget:
+    def build(
+        cls, name: str, model, tokenizer, heads: ExitHeads | None, processor: Any = None
+    ) -> LoadedTarget:
         return cls(
+            processor=processor,
             name=name,
             model=model,
             tokenizer=tokenizer,
@@ -60,5 +66,6 @@ def load_target(
     model, tokenizer = load_in_precision(target, dtype, device=device)
     name = target.rstrip("/").split("/")[-1]
     layers = list(exit_layers) if exit_layers is not None else []
-    heads = resolve_exit_heads(name, model.config.hidden_size, layers, exits_dir)
-    return LoadedTarget.build(name, model, tokenizer, heads)
+    heads = resolve_exit_heads(name, text_config(model.config).hidden_size, layers, exits_dir)
+    processor = load_processor(resolve_model(target)) if is_vlm(model) else None
+    return LoadedTarget.build(name, model, tokenizer, heads, processor)
