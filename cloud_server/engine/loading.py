@@ -13,7 +13,6 @@ from cloud_server.engine.early_exit import EarlyExitTarget
 from cloud_server.engine.exits import ExitHeads, resolve_exit_heads
 from shared.hashing import vocab_hash
 from shared.models import eos_ids_of, resolve_model
-
 from shared.precision import Precision, load_in_precision
 from shared.vlm import is_vlm, load_processor, text_config
 
