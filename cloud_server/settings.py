@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.protocol import Limits
+from shared.images import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGES
 
 
 class ServerSettings(BaseSettings):
@@ -43,6 +44,9 @@ class ServerSettings(BaseSettings):
     ttl_s: float = 60.0
     max_frame_bytes: int = 1 << 20
     max_body_bytes: int = 1 << 20
+    # Images per request and bytes per image (`start.images`, chat image parts) for a VLM target.
+    max_images: int = DEFAULT_MAX_IMAGES
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     # A socket that sends no `hello` within `hello_timeout_s`, or nothing at all for `idle_timeout_s`, is
     # closed (its session detached, so it can still be resumed within `ttl_s`).
     hello_timeout_s: float = 10.0
@@ -80,6 +84,8 @@ class ServerSettings(BaseSettings):
             ttl_s=self.ttl_s,
             max_frame_bytes=self.max_frame_bytes,
             idle_timeout_s=self.idle_timeout_s,
+            max_images=self.max_images,
+            max_image_bytes=self.max_image_bytes,
         )
 
     @property

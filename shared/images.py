@@ -13,7 +13,7 @@ import io
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict
@@ -23,7 +23,8 @@ from shared.errors import ProtocolError
 ImageMime = Literal["image/png", "image/jpeg"]
 MIME_OF_FORMAT: dict[str, ImageMime] = {"PNG": "image/png", "JPEG": "image/jpeg"}
 DEFAULT_MAX_IMAGES = 4
-DEFAULT_MAX_IMAGE_BYTES = 4 * 1024 * 1024
+# Well inside the default websocket frame limit (1 MiB) with its base64 growth; a camera frame is far less.
+DEFAULT_MAX_IMAGE_BYTES = 512 * 1024
 # Decoded size: a small PNG can expand to gigabytes (a "decompression bomb"); frames here are small.
 MAX_IMAGE_PIXELS = 4096 * 4096
 _DATA_URL = re.compile(
@@ -111,3 +112,25 @@ def _open(raw: bytes) -> Image.Image:
             "bad_image", "the image could not be decoded (truncated or not an image)"
         ) from None
     return image
+
+
+def expand_image_prompt(processor: Any, text: str, images: Sequence[Image.Image]) -> list[int]:
+    """A text prompt's ids with its image placeholders expanded by the model's processor (`bad_image`
+    when the text's placeholders do not fit the images)."""
+    try:
+        out = processor(text=[text], images=list(images), return_tensors="pt")
+    except Exception as exc:  # processors raise ValueError on a placeholder / image count mismatch
+        raise ProtocolError("bad_image", "the prompt's image placeholders do not match the images") from exc
+    return [int(t) for t in out["input_ids"][0]]
+
+
+def expand_image_chat(processor: Any, tokenizer: Any, messages: list[dict[str, Any]], images) -> list[int]:
+    """Chat messages (their text holding the image placeholders) through the chat template, then the
+    processor's expansion."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ProtocolError("bad_frame", "the model's tokenizer has no chat template; send token_ids")
+    try:
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    except Exception as exc:
+        raise ProtocolError("bad_frame", "the chat template rejected the messages") from exc
+    return expand_image_prompt(processor, text, images)
