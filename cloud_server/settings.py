@@ -8,8 +8,8 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from shared.protocol import Limits
 from shared.images import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGES
+from shared.protocol import Limits
 
 
 class ServerSettings(BaseSettings):
