@@ -137,3 +137,53 @@ def test_bad_images_answer_with_their_codes_and_the_server_stays_up(vlm_server):
         started = json.loads(ws.recv())
         assert started["type"] == "started"
         assert started["first_token"] == oracle_vlm_greedy(target, processor, prompt, images, 1)[0]
+
+
+def _chat_body(data_urls: list[str], max_tokens: int = 8) -> dict:
+    parts = [{"type": "text", "text": "look "}]
+    for url in data_urls:
+        parts.append({"type": "image_url", "image_url": {"url": url}})
+    parts.append({"type": "text", "text": " what now?"})
+    return {"messages": [{"role": "user", "content": parts}], "max_tokens": max_tokens, "temperature": 0}
+
+
+def test_chat_completions_with_image_parts_equal_generate(vlm_server):
+    import httpx
+
+    from shared.vlm import image_placeholder_text
+
+    family, url, target, processor = vlm_server
+    images = [frame(7)]
+    data_url = "data:image/png;base64," + _b64(_png_bytes(images[0]))
+    reply = httpx.post(url + "/v1/chat/completions", json=_chat_body([data_url]), headers=AUTH, timeout=60)
+    assert reply.status_code == 200, reply.text
+    # The oracle's prompt: the chat template, then the processor's own expansion of the placeholder.
+    text = processor.tokenizer.apply_chat_template(
+        [{"role": "user", "content": f"look {image_placeholder_text(processor, 1)} what now?"}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    prompt = processor(text=[text], images=images, return_tensors="pt")["input_ids"][0].tolist()
+    expected = oracle_vlm_greedy(target, processor, prompt, images, 8)
+    body = reply.json()
+    assert body["usage"]["prompt_tokens"] == len(prompt)
+    assert body["choices"][0]["message"]["content"] == processor.tokenizer.decode(
+        expected, skip_special_tokens=True
+    )
+
+
+def test_chat_bad_image_parts_are_client_errors(vlm_server):
+    import httpx
+
+    family, url, target, processor = vlm_server
+    png = _png_bytes(frame(0))
+    cases = [
+        (["https://example.com/cat.png"], 400, "bad_image"),
+        (["data:image/png;base64," + _b64(png[:30])], 400, "bad_image"),
+        (["data:image/png;base64," + _b64(_png_bytes(frame(9, (64, 64))))], 413, "too_large"),
+        (["data:image/png;base64," + _b64(png)] * 3, 400, "limit_exceeded"),
+    ]
+    for urls, status, code in cases:
+        reply = httpx.post(url + "/v1/chat/completions", json=_chat_body(urls), headers=AUTH, timeout=60)
+        assert (reply.status_code, reply.json()["error"]["code"]) == (status, code), reply.text
+    assert httpx.get(url + "/health", timeout=10).status_code == 200
