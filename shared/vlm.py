@@ -259,7 +259,7 @@ def load_processor(path: Any) -> Any:
 
     try:
         return AutoProcessor.from_pretrained(path)
-    except (ImportError, AttributeError, ValueError, TypeError):
+    except (ImportError, AttributeError, ValueError, TypeError, OSError):
         import json
         from pathlib import Path
 
