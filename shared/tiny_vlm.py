@@ -15,7 +15,7 @@ from transformers import GenerationConfig
 
 from shared.tiny import tiny_tokenizer
 
-FAMILIES = ("llava", "qwen2_vl", "qwen2_5_vl")
+FAMILIES = ("llava", "qwen2_vl", "qwen2_5_vl", "idefics3")
 IMAGE_SIZE = 16
 _SPECIALS = ["<image>", "<|image_pad|>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|>"]
 EOS_ID = 2
@@ -79,6 +79,8 @@ def tiny_vlm(
         processor = _llava_processor(LlavaImageProcessorPil, tokenizer)
     elif family in ("qwen2_vl", "qwen2_5_vl"):
         config, model_class, processor = _qwen(family, tokenizer, vocab, layers, hidden, init_std, ids)
+    elif family == "idefics3":
+        config, model_class, processor = _idefics3(tokenizer, layers, hidden, init_std)
     else:
         raise ValueError(f"unknown VLM family {family!r}; known: {', '.join(FAMILIES)}")
     torch.manual_seed(seed)
@@ -153,6 +155,34 @@ def _qwen(family, tokenizer, vocab, layers, hidden, init_std, ids):
         temporal_patch_size=2,
     )
     return config, model_class, image_only_processor(processor_class, image_processor, tokenizer)
+
+
+def _idefics3(tokenizer, layers, hidden, init_std):
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor, LlamaConfig
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+
+    # One 16x16 image, no splitting: 4x4 patches of 4, pixel-shuffled by 2 → 4 image tokens.
+    image_processor = Idefics3ImageProcessorPil(
+        do_image_splitting=False,
+        size={"longest_edge": IMAGE_SIZE},
+        max_image_size={"longest_edge": IMAGE_SIZE},
+    )
+    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=4)
+    vocab = len(tokenizer)  # the processor added its own special tokens
+    config = Idefics3Config(
+        vision_config=dict(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=IMAGE_SIZE,
+            patch_size=4,
+        ),
+        text_config=LlamaConfig(**_text(vocab, layers, hidden, init_std)),
+        scale_factor=2,
+        image_token_id=processor.image_token_id,
+    )
+    return config, Idefics3ForConditionalGeneration, processor
 
 
 def save_tiny_vlm_pair(directory: str | Path, family: str) -> tuple[str, str]:

@@ -15,16 +15,17 @@ from edge_client.client import EdgeClient
 from edge_client.draft import DraftEngine
 from shared.hashing import ids_hash
 from shared.images import payload_from_image
-from shared.tiny_vlm import tiny_vlm
+from shared.tiny_vlm import EOS_ID, FAMILIES, tiny_vlm
 from shared.vlm import text_config
 from tests.servers import running_server
 from tests.vlm_helpers import frame, image_prompt, oracle_vlm_greedy
 
 KEY = "test-key"
+# The served tiny VLMs stop at the tokenizer's EOS ("</s>"), so the oracle does too.
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
-@pytest.fixture(scope="module", params=["llava", "qwen2_vl", "qwen2_5_vl"])
+@pytest.fixture(scope="module", params=FAMILIES)
 def vlm_server(request):
     target, processor = tiny_vlm(request.param, seed=0, layers=3)
     heads = ExitHeads.untrained((1, 2), text_config(target.config).hidden_size).to(target.dtype)
@@ -54,7 +55,9 @@ def test_greedy_with_images_over_websockets_equals_generate(vlm_server):
     for images in ([frame(0)], [frame(1), frame(2, (16, 16))]):
         prompt = image_prompt(processor, images)
         result = asyncio.run(go(prompt, images))
-        assert result.token_ids == oracle_vlm_greedy(target, processor, prompt, images, 14), family
+        assert result.token_ids == oracle_vlm_greedy(target, processor, prompt, images, 14, eos=EOS_ID), (
+            family
+        )
         assert result.metrics.rounds >= 1
 
 
@@ -63,7 +66,7 @@ def test_resume_with_images_continues_exactly(vlm_server):
     family, url, target, processor = vlm_server
     images = [frame(4)]
     prompt = image_prompt(processor, images)
-    expected = oracle_vlm_greedy(target, processor, prompt, images, 8)
+    expected = oracle_vlm_greedy(target, processor, prompt, images, 8, eos=EOS_ID)
     with connect(_ws(url), additional_headers=AUTH) as ws:
         session_id = _handshake(ws)["session_id"]
         payload = payload_from_image(images[0]).model_dump()
@@ -136,7 +139,9 @@ def test_bad_images_answer_with_their_codes_and_the_server_stays_up(vlm_server):
         ws.send(json.dumps({"type": "start", "token_ids": prompt, "max_tokens": 4, "images": good}))
         started = json.loads(ws.recv())
         assert started["type"] == "started"
-        assert started["first_token"] == oracle_vlm_greedy(target, processor, prompt, images, 1)[0]
+        assert (
+            started["first_token"] == oracle_vlm_greedy(target, processor, prompt, images, 1, eos=EOS_ID)[0]
+        )
 
 
 def _chat_body(data_urls: list[str], max_tokens: int = 8) -> dict:
@@ -164,7 +169,7 @@ def test_chat_completions_with_image_parts_equal_generate(vlm_server):
         tokenize=False,
     )
     prompt = processor(text=[text], images=images, return_tensors="pt")["input_ids"][0].tolist()
-    expected = oracle_vlm_greedy(target, processor, prompt, images, 8)
+    expected = oracle_vlm_greedy(target, processor, prompt, images, 8, eos=EOS_ID)
     body = reply.json()
     assert body["usage"]["prompt_tokens"] == len(prompt)
     assert body["choices"][0]["message"]["content"] == processor.tokenizer.decode(
