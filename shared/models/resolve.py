@@ -71,6 +71,8 @@ def load_model(
     path = resolve_model(name_or_path)
     # A vision-language model (its config has a vision tower) loads through its own auto class.
     vision = getattr(AutoConfig.from_pretrained(path), "vision_config", None) is not None
+    if vision:
+        import shared.vision_towers  # noqa: F401  (registers the project's own vision towers)
     auto_class = AutoModelForImageTextToText if vision else AutoModelForCausalLM
     model = auto_class.from_pretrained(path, dtype=dtype)
     model.to(device).eval()
