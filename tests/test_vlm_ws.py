@@ -192,3 +192,27 @@ def test_chat_bad_image_parts_are_client_errors(vlm_server):
         reply = httpx.post(url + "/v1/chat/completions", json=_chat_body(urls), headers=AUTH, timeout=60)
         assert (reply.status_code, reply.json()["error"]["code"]) == (status, code), reply.text
     assert httpx.get(url + "/health", timeout=10).status_code == 200
+
+
+def test_restart_with_images_continues_exactly(vlm_server):
+    """An edge restarting a lost generation sends its committed ids (`generated` of them output already)
+    with the same images: the new session continues exactly where the old one was."""
+    family, url, target, processor = vlm_server
+    images = [frame(5)]
+    prompt = image_prompt(processor, images)
+    expected = oracle_vlm_greedy(target, processor, prompt, images, 8, eos=EOS_ID)
+    done = 3
+    payload = payload_from_image(images[0]).model_dump()
+    with connect(_ws(url), additional_headers=AUTH) as ws:
+        _handshake(ws)
+        restart = {
+            "type": "start",
+            "token_ids": [*prompt, *expected[:done]],
+            "generated": done,
+            "max_tokens": 8,
+            "images": [payload],
+        }
+        ws.send(json.dumps(restart))
+        started = json.loads(ws.recv())
+        assert started["type"] == "started", started
+        assert started["first_token"] == expected[done]
