@@ -15,7 +15,7 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -28,9 +28,11 @@ from cloud_server.state import ANONYMOUS, ServerState, Slot, SlotsFull
 from cloud_server.ws import chat_prompt_ids, validation_detail
 from shared.errors import ProtocolError
 from shared.grammar import GrammarMatcher, GrammarSpec, grammar_compiler, parse_grammar
+from shared.images import decode_payloads, expand_image_chat, payload_from_data_url
 from shared.protocol import StopList, StopString, Text
 from shared.sampling import SamplingParams, Seed, Temperature, TopK, TopP
 from shared.stopping import StopStrings
+from shared.vlm import VisionInputs, image_placeholder_text, text_config
 
 router = APIRouter()
 log = logging.getLogger("eespec.server.http")
@@ -127,17 +129,40 @@ class TextPart(BaseModel):
     text: Text
 
 
+class ImageUrl(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    url: str  # a data: URL (nothing is ever fetched)
+
+
+class ImageUrlPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["image_url"]
+    image_url: ImageUrl
+
+
+ContentPart = Annotated[TextPart | ImageUrlPart, Field(discriminator="type")]
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Text
-    content: Text | list[TextPart] | None = None
+    content: Text | list[ContentPart] | None = None
 
-    def template_dict(self) -> dict[str, str]:
+    def template_dict(self, image_text: str = "") -> dict[str, str]:
+        """The message for the chat template; each image part becomes `image_text` (the processor's
+        placeholder, expanded after templating)."""
         content = self.content
         if isinstance(content, list):
-            content = "".join(part.text for part in content)
+            content = "".join(part.text if isinstance(part, TextPart) else image_text for part in content)
         return {"role": self.role, "content": content or ""}
+
+    def image_urls(self) -> list[str]:
+        if not isinstance(self.content, list):
+            return []
+        return [part.image_url.url for part in self.content if isinstance(part, ImageUrlPart)]
 
 
 class ChatBody(_Body):
@@ -312,7 +337,7 @@ def _check_prompt(state: ServerState, loaded: LoadedTarget, prompt_ids: list[int
     limit = state.settings.max_prompt_tokens
     if len(prompt_ids) > limit:
         raise ProtocolError("too_large", f"prompt of {len(prompt_ids)} tokens > max_prompt_tokens ({limit})")
-    vocab = int(loaded.model.config.vocab_size)
+    vocab = int(text_config(loaded.model.config).vocab_size)
     bad = [t for t in prompt_ids if not 0 <= t < vocab]
     if bad:
         raise ProtocolError("bad_frame", f"token ids outside the vocabulary (0..{vocab - 1}): {bad[:5]}")
@@ -331,6 +356,28 @@ def _chat_prompt(tokenizer, messages: list[Message]) -> list[int]:
     return chat_prompt_ids(tokenizer, [m.template_dict() for m in messages])
 
 
+def _chat_images(
+    state: ServerState, loaded: LoadedTarget, messages: list[Message]
+) -> tuple[list[int], VisionInputs] | None:
+    """A chat with image parts: its prompt ids laid out by the target's processor and the processed
+    images (`bad_image`, `too_large`, `limit_exceeded` before any model work); None without images."""
+    urls = [url for m in messages for url in m.image_urls()]
+    if not urls:
+        return None
+    processor = loaded.processor
+    if processor is None:
+        raise ProtocolError("bad_image", f"{loaded.name} takes no images")
+    settings = state.settings
+    if len(urls) > settings.max_images:
+        raise ProtocolError("limit_exceeded", f"{len(urls)} images > max_images ({settings.max_images})")
+    payloads = [payload_from_data_url(url) for url in urls]
+    images = decode_payloads(payloads, max_images=settings.max_images, max_bytes=settings.max_image_bytes)
+    placeholder = image_placeholder_text(processor, 1)
+    chat = [m.template_dict(placeholder) for m in messages]
+    prompt_ids = expand_image_chat(processor, loaded.tokenizer, chat, images)
+    return prompt_ids, VisionInputs.build(processor, loaded.model, images, prompt_ids)
+
+
 def _completion_prompt(tokenizer, prompt: str) -> list[int]:
     return [int(t) for t in tokenizer(prompt).input_ids]
 
@@ -345,7 +392,7 @@ def _default_max_tokens(state: ServerState, loaded: LoadedTarget, prompt_len: in
 
 
 def _grammar_matcher(loaded: LoadedTarget, spec: GrammarSpec) -> GrammarMatcher:
-    vocab_size = int(loaded.model.config.vocab_size)
+    vocab_size = int(text_config(loaded.model.config).vocab_size)
     return grammar_compiler(loaded.tokenizer, vocab_size=vocab_size, eos_ids=loaded.eos_ids).matcher(spec)
 
 
@@ -362,10 +409,12 @@ class _Run:
         t_request: float,
         slot: Slot,
         grammar: GrammarMatcher | None = None,
+        vision: VisionInputs | None = None,
     ) -> None:
         self.state = state
         self.slot = slot
         self.prompt_ids = prompt_ids
+        self.vision = vision
         self.stops = body.stops()
         self.gen = AutoregressiveGeneration(loaded, body.sampling(), max_tokens, self.stops, grammar)
         state.http_generations.add(self.gen)
@@ -375,7 +424,7 @@ class _Run:
         self.t_last: float | None = None
 
     async def prefill(self) -> int:
-        token = await self.state.worker.run(self.gen.prefill, self.prompt_ids)
+        token = await self.state.worker.run(self.gen.prefill, self.prompt_ids, self.vision)
         self.state.metrics.prefill_seconds.observe(self.gen.prefill_s)
         self._count()
         return token
@@ -497,8 +546,13 @@ async def _serve(request: Request, *, chat: bool) -> Response:
     try:
         loaded = _ready(state)
         body: CompletionBody | ChatBody = await _parse(request, ChatBody if chat else CompletionBody)
+        vision = None
         if isinstance(body, ChatBody):
-            prompt_ids = await asyncio.to_thread(_chat_prompt, loaded.tokenizer, body.messages)
+            with_images = await asyncio.to_thread(_chat_images, state, loaded, body.messages)
+            if with_images is not None:
+                prompt_ids, vision = with_images
+            else:
+                prompt_ids = await asyncio.to_thread(_chat_prompt, loaded.tokenizer, body.messages)
         elif isinstance(body.prompt, str):
             prompt_ids = await asyncio.to_thread(_completion_prompt, loaded.tokenizer, body.prompt)
         else:
@@ -519,7 +573,7 @@ async def _serve(request: Request, *, chat: bool) -> Response:
     except (_HttpError, ProtocolError) as exc:
         return _fail(state, exc)
     try:
-        run = _Run(state, loaded, body, prompt_ids, max_tokens, t_request, slot, grammar)
+        run = _Run(state, loaded, body, prompt_ids, max_tokens, t_request, slot, grammar, vision)
     except BaseException:
         slot.release()
         raise

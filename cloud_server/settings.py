@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shared.images import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGES
 from shared.protocol import Limits
 
 
@@ -50,6 +51,9 @@ class ServerSettings(BaseSettings):
     # the most a bf16 step holds bit-identically on the CPUs measured (engine.batched.EXACT_BATCH_ROWS);
     # 1 runs one session's forward at a time (the FIFO worker of before, for comparison).
     step_token_budget: int = Field(default=32, ge=1)
+    # Images per request and bytes per image (`start.images`, chat image parts) for a VLM target.
+    max_images: int = DEFAULT_MAX_IMAGES
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     # A socket that sends no `hello` within `hello_timeout_s`, or nothing at all for `idle_timeout_s`, is
     # closed (its session detached, so it can still be resumed within `ttl_s`).
     hello_timeout_s: float = 10.0
@@ -87,6 +91,8 @@ class ServerSettings(BaseSettings):
             ttl_s=self.ttl_s,
             max_frame_bytes=self.max_frame_bytes,
             idle_timeout_s=self.idle_timeout_s,
+            max_images=self.max_images,
+            max_image_bytes=self.max_image_bytes,
         )
 
     @property

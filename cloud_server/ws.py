@@ -22,6 +22,7 @@ from cloud_server.engine import EngineLimits, TargetSession
 from cloud_server.state import ANONYMOUS, ServerState, Slot
 from shared.errors import ProtocolError
 from shared.hashing import ids_hash
+from shared.images import decode_payloads, expand_image_chat, expand_image_prompt
 from shared.protocol import (
     MESSAGE_ADAPTER,
     PROTOCOL_VERSION,
@@ -243,6 +244,7 @@ class Connection:
             eos_ids=loaded.eos_ids,
             tokenizer=loaded.tokenizer,
             limits=EngineLimits(settings.max_prompt_tokens, settings.max_tokens, settings.max_window),
+            processor=loaded.processor,
         )
         self.session_id = self.state.sessions.new_id()
         self.state.sessions.add(self.session_id, self.session)
@@ -257,7 +259,7 @@ class Connection:
             )
         )
 
-    async def _prompt_ids(self, start: Start) -> list[int]:
+    async def _prompt_ids(self, start: Start, images: list[Any]) -> list[int]:
         tokenizer = self.loaded.tokenizer
         given = [x is not None for x in (start.token_ids, start.prompt, start.messages)]
         if sum(given) != 1:
@@ -265,13 +267,31 @@ class Connection:
         if start.token_ids is not None:
             return start.token_ids
         # Text work off the event loop (it also sends other sessions' early frames).
+        if images:  # the text's image placeholders, expanded by the target's processor
+            processor = self.loaded.processor
+            if start.prompt is not None:
+                return await asyncio.to_thread(expand_image_prompt, processor, start.prompt, images)
+            chat = [m.model_dump() for m in start.messages]
+            return await asyncio.to_thread(expand_image_chat, processor, tokenizer, chat, images)
         if start.prompt is not None:
             return await asyncio.to_thread(lambda: list(tokenizer(start.prompt).input_ids))
         chat = [m.model_dump() for m in start.messages]
         return await asyncio.to_thread(chat_prompt_ids, tokenizer, chat)
 
+    async def _images(self, start: Start) -> list[Any]:
+        """The start's images, decoded and checked off the event loop (before any model work)."""
+        if not start.images:
+            return []
+        if self.loaded.processor is None:
+            raise ProtocolError("bad_image", f"{self.loaded.name} takes no images")
+        settings = self.state.settings
+        return await asyncio.to_thread(
+            decode_payloads, start.images, max_images=settings.max_images, max_bytes=settings.max_image_bytes
+        )
+
     async def _start(self, start: Start) -> None:
-        prompt = await self._prompt_ids(start)
+        images = await self._images(start)
+        prompt = await self._prompt_ids(start, images)
         self.state.metrics.requests.labels(route="speculate").inc()
         started = await self.state.worker.run(
             self.session.start,
@@ -281,6 +301,7 @@ class Connection:
             start.stop,
             start.generated,
             start.grammar,
+            images,
         )
         self.state.metrics.prefill_seconds.observe(started.server_ms / 1000.0)
         self.state.metrics.generated_tokens.labels(mode="speculative").inc()

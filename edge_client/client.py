@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from PIL import Image
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
@@ -41,6 +42,7 @@ from edge_client.rounds import RoundLedger
 from edge_client.window import AdaptiveWindow
 from shared.grammar import GrammarSpec, parse_grammar
 from shared.hashing import ids_hash, vocab_hash
+from shared.images import ImagePayload, decode_payload, payload_from_image
 from shared.protocol import (
     MESSAGE_ADAPTER,
     Early,
@@ -83,6 +85,7 @@ class _Generation(RoundLedger):
     stop: list[str] | None
     on_event: EventCallback | None
     grammar: GrammarSpec | None = None
+    images: list[ImagePayload] = field(default_factory=list)  # sent with every start (and restart)
     draft_grammar: DraftGrammar | None = None  # the same grammar on the draft: legal proposals only
     provisional: list[int] = field(default_factory=list)  # unverified tokens shown after `committed`
     session_id: str | None = None
@@ -232,9 +235,15 @@ class EdgeClient:
         stop: Sequence[str] | None = None,
         on_event: EventCallback | None = None,
         grammar: GrammarSpec | Mapping[str, Any] | None = None,
+        images: Sequence[Image.Image | ImagePayload] = (),
     ) -> GenerationResult:
-        """`grammar` ({"json_schema": {...}} | {"regex": ...} | {"lark": ...}) constrains the output."""
+        """`grammar` ({"json_schema": {...}} | {"regex": ...} | {"lark": ...}) constrains the output.
+        `images`: one per image of the prompt (laid out by the processor); the draft prefills them and
+        every `start` carries them."""
         spec = parse_grammar(grammar)
+        payloads = [i if isinstance(i, ImagePayload) else payload_from_image(i) for i in images]
+        # The draft sees exactly the pixels the server decodes from the payloads.
+        self.draft.set_images([decode_payload(p, 1 << 62) for p in payloads], prompt_ids)
         gen = _Generation(
             prompt=list(prompt_ids),
             sampling=sampling or SamplingParams(),
@@ -242,6 +251,7 @@ class EdgeClient:
             stop=list(stop) if stop else None,
             on_event=on_event,
             grammar=spec,
+            images=payloads,
             draft_grammar=self.draft.grammar_for(spec, len(prompt_ids), self.tokenizer),
             committed=list(prompt_ids),
         )
@@ -329,6 +339,7 @@ class EdgeClient:
             stop=gen.stop,
             generated=generated,
             grammar=gen.grammar.model_dump(exclude_none=True) if gen.grammar is not None else None,
+            images=gen.images or None,
         )
         await self._send(start.model_dump(mode="json", exclude_none=True))
         started = await self._expect(Started, timeout=self.verdict_timeout_s)

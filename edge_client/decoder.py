@@ -63,6 +63,7 @@ class SpeculativeDecoder:
         sampling: SamplingParams | None = None,
         stop: Sequence[str] | None = None,
         grammar: GrammarSpec | Mapping[str, Any] | None = None,
+        images: Sequence[Any] = (),
     ) -> GenerationResult:
         """`grammar` ({"json_schema": {...}} | {"regex": ...} | {"lark": ...}) constrains the target; the
         draft applies it too when its engine has a tokenizer."""
@@ -71,7 +72,10 @@ class SpeculativeDecoder:
         metrics = books.metrics
         t_start = time.perf_counter()
         spec = parse_grammar(grammar)
-        extra = {"grammar": spec} if spec is not None else {}
+        extra: dict[str, Any] = {"grammar": spec} if spec is not None else {}
+        if images:  # decoded images, one per image of the prompt; both sides prefill them once
+            extra["images"] = list(images)
+        self.draft_engine.set_images(images, prompt_ids)
         books.on_started(self.verifier.start(prompt_ids, sampling, max_tokens, stop, **extra))
         draft_grammar = self.draft_engine.grammar_for(spec, len(prompt_ids)) if spec is not None else None
         next_window: DraftWindow | None = None

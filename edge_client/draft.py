@@ -11,7 +11,6 @@ from typing import Any
 from transformers import PreTrainedModel
 
 from shared.grammar import GrammarMatcher, GrammarSpec, apply_mask, grammar_compiler, parse_grammar
-from shared.kv import CachedLM
 from shared.models import eos_ids_of
 from shared.protocol import Draft, ProposalEntry
 from shared.sampling import (
@@ -22,6 +21,7 @@ from shared.sampling import (
     sample_from_proposal,
     truncated_proposal,
 )
+from shared.vlm import VisionCachedLM, VisionInputs, cached_lm_for, text_config
 
 
 @dataclass(frozen=True)
@@ -55,14 +55,31 @@ class DraftEngine:
     predicted prefix equals the one drafted after the verdict whenever the prefixes match.
     """
 
-    def __init__(self, model: PreTrainedModel, q_top_k: int = DEFAULT_Q_TOP_K, tokenizer: Any = None) -> None:
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        q_top_k: int = DEFAULT_Q_TOP_K,
+        tokenizer: Any = None,
+        processor: Any = None,
+    ) -> None:
         self.model = model
         self.q_top_k = q_top_k
-        self.kv_cache = CachedLM(model)
+        self.kv_cache = cached_lm_for(model)
+        self.processor = processor  # a VLM draft's processor (its images go into its own prefill)
         # One KV cache: drafts from several threads (a pre-draft still running when another starts) take
         # turns instead of interleaving their writes.
         self._lock = threading.Lock()
         self.tokenizer = tokenizer  # needed only to apply a grammar to the draft
+
+    def set_images(self, images: Sequence[Any], prompt_ids: Sequence[int]) -> None:
+        """The images of the next generation (none for a text prompt): the draft prefills them once."""
+        if not isinstance(self.kv_cache, VisionCachedLM):
+            if images:
+                raise ValueError("this draft model takes no images")
+            return
+        vision = VisionInputs.build(self.processor, self.model, images, prompt_ids) if images else None
+        with self._lock:
+            self.kv_cache.set_images(vision)
 
     def grammar_for(
         self, grammar: GrammarSpec | Mapping[str, Any] | None, prompt_len: int, tokenizer: Any = None
@@ -76,7 +93,9 @@ class DraftEngine:
         eos = eos_ids_of(self.model, tokenizer)
         if not eos:
             return None
-        compiler = grammar_compiler(tokenizer, vocab_size=int(self.model.config.vocab_size), eos_ids=eos)
+        compiler = grammar_compiler(
+            tokenizer, vocab_size=int(text_config(self.model.config).vocab_size), eos_ids=eos
+        )
         return DraftGrammar(compiler.matcher(spec), prompt_len)
 
     def draft(

@@ -101,6 +101,9 @@ class CombinedProposer:
     def grammar_for(self, grammar, prompt_len: int, tokenizer=None) -> DraftGrammar | None:
         return self.model_engine.grammar_for(grammar, prompt_len, tokenizer)
 
+    def set_images(self, images, prompt_ids) -> None:
+        self.model_engine.set_images(images, prompt_ids)
+
     def draft(
         self,
         prefix: Sequence[int],

@@ -152,6 +152,14 @@ def generate(
     grammar: Annotated[Path | None, typer.Option(help="Structured output: a Lark grammar file.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     threads: Annotated[int | None, typer.Option(help="torch threads.")] = None,
+    image: Annotated[
+        list[Path] | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="A PNG / JPEG for a vision-language target (repeatable); placed before the prompt.",
+        ),
+    ] = None,
 ) -> None:
     """Generate with speculative decoding: against a cloud server (--server URL) or in-process (--local)."""
     if local == bool(server):
@@ -174,6 +182,9 @@ def generate(
         temperature=temperature, top_k=top_k, top_p=top_p if top_p > 0 else 1.0, seed=seed
     )
     try:
+        from shared.images import decode_payload, payload_from_file
+
+        payloads = [payload_from_file(path) for path in image or []]
         if local:
             from eespec.local import LocalPipeline
 
@@ -188,7 +199,13 @@ def generate(
                 dtype=dtype,
             )
             result, text, prompt_ids = pipeline.generate(
-                prompt, max_tokens=max_tokens, sampling=sampling, chat=chat, stop=stop, grammar=grammar_spec
+                prompt,
+                max_tokens=max_tokens,
+                sampling=sampling,
+                chat=chat,
+                stop=stop,
+                grammar=grammar_spec,
+                images=[decode_payload(p, max_bytes=1 << 30) for p in payloads],  # a local file: no cap
             )
         else:
             from eespec.remote import generate_remote
@@ -210,6 +227,7 @@ def generate(
                 fallback=fallback,
                 threads=threads,
                 exits=list(exit_layers) if exits is not None else None,
+                images=payloads,
             )
     except (ModelError, ValueError) as exc:
         _fail(str(exc))

@@ -23,14 +23,30 @@ from edge_client.decoder import GenerationResult, SpeculativeDecoder
 from edge_client.draft import DraftEngine
 from edge_client.proposers import make_proposer, split_draft_name
 from shared.hashing import vocab_hash
-from shared.models import load_model
+from shared.models import load_model, resolve_model
 from shared.precision import load_in_precision
 from shared.sampling import SamplingParams
 from shared.stopping import StopStrings
+from shared.vlm import image_placeholder_text, is_vlm, load_processor, prompt_with_images, text_config
 
 
-def encode_prompt(tokenizer, prompt: str, chat: bool) -> list[int]:
-    """The plain tokenizer call, or the chat template with a generation prompt when `chat`."""
+def encode_prompt(
+    tokenizer, prompt: str, chat: bool, images: Sequence[Any] = (), processor: Any = None
+) -> list[int]:
+    """The plain tokenizer call, or the chat template with a generation prompt when `chat`.
+
+    With `images` the VLM's processor lays the prompt out: the images' placeholders go first unless the
+    prompt already holds them, then the processor expands them."""
+    if images:
+        if processor is None:
+            raise ValueError("--image needs a vision-language model (this one has no image processor)")
+        if processor.image_token not in prompt:
+            prompt = f"{image_placeholder_text(processor, len(images))}\n{prompt}"
+        if chat:
+            prompt = tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+            )
+        return prompt_with_images(processor, prompt, images)
     if chat:
         ids = tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
@@ -49,6 +65,7 @@ class LocalPipeline:
     target: EarlyExitTarget
     session: TargetSession
     decoder: SpeculativeDecoder
+    processor: Any = None  # a VLM target's processor (the draft VLM shares its image layout)
 
     @classmethod
     def load(
@@ -73,22 +90,26 @@ class LocalPipeline:
         name = str(target).rstrip("/").split("/")[-1]
         heads = resolve_exit_heads(
             name,
-            target_model.config.hidden_size,
+            text_config(target_model.config).hidden_size,
             list(exit_layers),
             exits_dir,
             fingerprint=model_fingerprint(target_model, tokenizer),
         )
         early_target = EarlyExitTarget(target_model, heads)
+        processor = load_processor(resolve_model(target)) if is_vlm(target_model) else None
+        draft_processor = load_processor(resolve_model(draft_name)) if is_vlm(draft_model) else None
         session = TargetSession(
             early_target,
             eos_ids=eos_ids_of(target_model, tokenizer),
             tokenizer=tokenizer,
             limits=EngineLimits(max_window=max(16, window)),
+            processor=processor,
         )
         # The draft gets the tokenizer so that it applies a request's grammar to its own proposals too.
-        proposer = make_proposer(DraftEngine(draft_model, tokenizer=tokenizer), ngram=ngram)
+        engine = DraftEngine(draft_model, tokenizer=tokenizer, processor=draft_processor)
+        proposer = make_proposer(engine, ngram=ngram)
         decoder = SpeculativeDecoder(proposer, session, window=window, preempt=preempt)
-        return cls(target_model, draft_model, tokenizer, early_target, session, decoder)
+        return cls(target_model, draft_model, tokenizer, early_target, session, decoder, processor)
 
     def generate(
         self,
@@ -99,10 +120,12 @@ class LocalPipeline:
         chat: bool = False,
         stop: Sequence[str] | None = None,
         grammar: dict[str, Any] | None = None,
+        images: Sequence[Any] = (),
     ) -> tuple[GenerationResult, str, list[int]]:
-        prompt_ids = encode_prompt(self.tokenizer, prompt, chat)
+        """`images`: decoded images (PIL) for a VLM target, one per placeholder (put first by default)."""
+        prompt_ids = encode_prompt(self.tokenizer, prompt, chat, images, self.processor)
         result = self.decoder.generate(
-            prompt_ids, max_tokens=max_tokens, sampling=sampling, stop=stop, grammar=grammar
+            prompt_ids, max_tokens=max_tokens, sampling=sampling, stop=stop, grammar=grammar, images=images
         )
         text = self.tokenizer.decode(result.token_ids, skip_special_tokens=True)
         if stop:

@@ -13,9 +13,11 @@ from edge_client.decoder import GenerationResult
 from edge_client.draft import DraftEngine
 from edge_client.proposers import make_proposer, split_draft_name
 from eespec.local import encode_prompt
-from shared.models import load_model
+from shared.images import ImagePayload, decode_payload
+from shared.models import load_model, resolve_model
 from shared.sampling import SamplingParams
 from shared.stopping import StopStrings
+from shared.vlm import is_vlm, load_processor
 
 
 def generate_remote(
@@ -36,13 +38,17 @@ def generate_remote(
     fallback: str = "wait",
     threads: int | None = None,
     exits: Sequence[int] | None = None,
+    images: Sequence[ImagePayload] = (),
 ) -> tuple[GenerationResult, str, list[int]]:
+    """`images`: payloads for a VLM target; the VLM draft's processor lays the prompt out."""
     if threads:
         torch.set_num_threads(threads)
     draft_name, ngram = split_draft_name(draft)
     draft_model, tokenizer = load_model(draft_name)
-    prompt_ids = encode_prompt(tokenizer, prompt, chat)
-    engine = make_proposer(DraftEngine(draft_model), ngram=ngram)
+    processor = load_processor(resolve_model(draft_name)) if is_vlm(draft_model) else None
+    decoded = [decode_payload(p) for p in images]
+    prompt_ids = encode_prompt(tokenizer, prompt, chat, decoded, processor)
+    engine = make_proposer(DraftEngine(draft_model, processor=processor), ngram=ngram)
 
     async def run() -> GenerationResult:
         client = EdgeClient(
@@ -58,7 +64,12 @@ def generate_remote(
         )
         async with client:
             return await client.generate(
-                prompt_ids, max_tokens=max_tokens, sampling=sampling, stop=stop, grammar=grammar
+                prompt_ids,
+                max_tokens=max_tokens,
+                sampling=sampling,
+                stop=stop,
+                grammar=grammar,
+                images=images,
             )
 
     result = asyncio.run(run())

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 
+from shared.images import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGES, ImagePayload
 from shared.sampling import SamplingParams
 
 PROTOCOL_VERSION = 1
@@ -51,6 +52,9 @@ class Limits(_Message):
     max_frame_bytes: int
     # Extension: the server closes a socket that sends nothing for this long (None: never).
     idle_timeout_s: float | None = None
+    # A VLM target's image limits (`start.images`).
+    max_images: int = DEFAULT_MAX_IMAGES
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
 
 
 class Welcome(_Message):
@@ -81,6 +85,9 @@ class Start(_Message):
     # {"json_schema": {...}} | {"regex": "..."} | {"lark": "..."}; validated by the server (`bad_grammar`),
     # not here, so a bad grammar is not a `bad_frame`.
     grammar: dict[str, Any] | None = None
+    # One per image of the prompt, as the target's processor lays the placeholders out. Checked by the
+    # server (`bad_image`, `too_large`, `limit_exceeded`), not here, so a bad image is not a `bad_frame`.
+    images: list[ImagePayload] | None = None
 
 
 class Started(_Message):

@@ -18,6 +18,7 @@ from shared.kv import CachedLM
 from shared.sampling import SamplingParams
 from shared.stopping import FinishReason, StopStrings, check_finished
 from shared.verification import pick_token
+from shared.vlm import VisionCachedLM, VisionInputs, cached_lm_for
 
 
 class AutoregressiveGeneration:
@@ -66,15 +67,19 @@ class AutoregressiveGeneration:
         lm = self._lm
         return lm.nbytes if lm is not None else 0
 
-    def prefill(self, prompt_ids: Sequence[int]) -> int:
-        """Run the prompt and return the first generated token."""
+    def prefill(self, prompt_ids: Sequence[int], images: VisionInputs | None = None) -> int:
+        """Run the prompt (with a VLM's processed `images`) and return the first generated token."""
         if self._lm is not None or self.generated or self._closed:
             raise RuntimeError("prefill runs once, on a fresh generation")
         prompt = [int(t) for t in prompt_ids]
         if not prompt:
             raise ValueError("the prompt is empty")
         t0 = time.perf_counter()
-        lm = CachedLM(self.model)
+        lm = cached_lm_for(self.model)
+        if images is not None:
+            if not isinstance(lm, VisionCachedLM):
+                raise ValueError("this model takes no images")
+            lm.set_images(images)
         self._lm = lm
         self.prompt_ids = prompt
         token = self._choose(lm.forward(prompt, keep=1)[-1])

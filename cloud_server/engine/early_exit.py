@@ -20,6 +20,7 @@ from transformers import PreTrainedModel
 from cloud_server.engine.batched import Segment, can_pack, packed_forward
 from cloud_server.engine.exits import ExitHeads, ShortlistReadout, exit_logits
 from shared.kv import CachedLM
+from shared.vlm import cached_lm_for, language_decoder, text_config
 
 log = logging.getLogger("eespec.engine.early_exit")
 ExitCallback = Callable[[int, torch.Tensor, float], None]
@@ -27,12 +28,9 @@ ExitCallback = Callable[[int, torch.Tensor, float], None]
 
 
 def decoder_layers(model: PreTrainedModel) -> nn.ModuleList:
-    """The decoder layer stack of the Llama / Qwen2 / SmolLM / Mistral families (`model.model.layers`)."""
-    inner = getattr(model, "model", None)
-    layers = getattr(inner, "layers", None)
-    if not isinstance(layers, nn.ModuleList):
-        raise TypeError(f"{type(model).__name__} has no model.model.layers; early exits need a decoder stack")
-    return layers
+    """The decoder layer stack: `model.model.layers` for the Llama / Qwen2 / SmolLM / Mistral families,
+    the language model's (`get_decoder().layers`) for a vision-language model."""
+    return language_decoder(model).layers
 
 
 @dataclass
@@ -50,7 +48,7 @@ class EarlyExitTarget:
     def __init__(self, model: PreTrainedModel, heads: ExitHeads | None = None) -> None:
         self.model = model
         self.layers = decoder_layers(model)
-        self.norm: nn.Module = model.model.norm
+        self.norm: nn.Module = language_decoder(model).norm
         self.lm_head: nn.Module = model.get_output_embeddings()
         self.heads = heads
         self._active: _ActiveForward | None = None
@@ -66,7 +64,7 @@ class EarlyExitTarget:
                 )
             heads.to(device=model.device, dtype=model.dtype)
             if heads.shortlist is not None:
-                vocab = int(model.config.vocab_size)
+                vocab = int(text_config(model.config).vocab_size)
                 self.shortlist = ShortlistReadout(self.lm_head, heads.shortlist, vocab).to(model.device)
             for layer in heads.layers:
                 self._hooks.append(self.layers[layer - 1].register_forward_hook(self._hook_for(layer)))
@@ -80,7 +78,7 @@ class EarlyExitTarget:
         return self.heads.layers if self.heads is not None else ()
 
     def new_kv_cache(self) -> CachedLM:
-        return CachedLM(self.model)
+        return cached_lm_for(self.model)
 
     def forward(
         self,

@@ -211,8 +211,10 @@ def shipped_exit_heads(model_name: str) -> Path | None:
 
 
 def model_fingerprint(model: nn.Module, tokenizer=None) -> dict[str, object]:
-    """What exit heads depend on: the architecture's shape and, when given, the tokenizer's vocabulary."""
-    config = model.config
+    """What exit heads depend on: the (language model's) shape and, when given, the tokenizer's vocabulary."""
+    from shared.vlm import text_config
+
+    config = text_config(model.config)
     fingerprint: dict[str, object] = {
         "model_type": str(getattr(config, "model_type", "")),
         "hidden_size": int(config.hidden_size),

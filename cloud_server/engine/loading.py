@@ -12,8 +12,9 @@ import torch
 from cloud_server.engine.early_exit import EarlyExitTarget
 from cloud_server.engine.exits import ExitHeads, model_fingerprint, resolve_exit_heads
 from shared.hashing import vocab_hash
-from shared.models import eos_ids_of
+from shared.models import eos_ids_of, resolve_model
 from shared.precision import Precision, load_in_precision
+from shared.vlm import is_vlm, load_processor, text_config
 
 
 @dataclass
@@ -26,10 +27,14 @@ class LoadedTarget:
     early_exit: EarlyExitTarget
     vocab_hash: str
     eos_ids: list[int]
+    processor: Any = None  # a vision-language target's processor (None for a text LM)
 
     @classmethod
-    def build(cls, name: str, model, tokenizer, heads: ExitHeads | None) -> LoadedTarget:
+    def build(
+        cls, name: str, model, tokenizer, heads: ExitHeads | None, processor: Any = None
+    ) -> LoadedTarget:
         return cls(
+            processor=processor,
             name=name,
             model=model,
             tokenizer=tokenizer,
@@ -61,5 +66,7 @@ def load_target(
     name = target.rstrip("/").split("/")[-1]
     layers = list(exit_layers) if exit_layers is not None else []
     fingerprint = model_fingerprint(model, tokenizer)
-    heads = resolve_exit_heads(name, model.config.hidden_size, layers, exits_dir, fingerprint=fingerprint)
-    return LoadedTarget.build(name, model, tokenizer, heads)
+    hidden = text_config(model.config).hidden_size
+    heads = resolve_exit_heads(name, hidden, layers, exits_dir, fingerprint=fingerprint)
+    processor = load_processor(resolve_model(target)) if is_vlm(model) else None
+    return LoadedTarget.build(name, model, tokenizer, heads, processor)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -29,6 +30,7 @@ class DetachedRecord:
     rng_state: torch.Tensor | None
     expires_at: float
     grammar: GrammarSpec | None = None
+    images: list[Any] = field(default_factory=list)  # a VLM generation's decoded images
 
 
 @dataclass
@@ -69,6 +71,7 @@ class SessionStore:
             rng_state=generator.get_state() if generator is not None else None,
             expires_at=time.monotonic() + self.ttl_s,
             grammar=session.grammar_spec,
+            images=list(session.images),
         )
         session.close()
         while len(self.detached) > self.max_detached:  # dicts keep insertion order: oldest first

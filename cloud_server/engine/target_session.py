@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -28,6 +29,7 @@ from shared.protocol import Draft, Early, Started, Verdict
 from shared.sampling import SamplingParams, SparseProposal, target_probs
 from shared.stopping import StopStrings, apply_finish_rules, check_finished
 from shared.verification import RoundUniforms, pick_token, verify_window
+from shared.vlm import VisionCachedLM, VisionInputs, text_config
 
 EarlyCallback = Callable[[Early], None]
 
@@ -73,12 +75,15 @@ class TargetSession:
         tokenizer=None,
         limits: EngineLimits | None = None,
         grammars: GrammarCompiler | None = None,
+        processor: Any = None,
     ) -> None:
         self.early_exit = target
+        self.processor = processor  # a VLM's processor: it turns a generation's images into pixel inputs
+        self.images: list[Any] = []  # the decoded images of the current generation (part of its record)
         self.eos_ids = frozenset(int(t) for t in eos_ids)
         self.tokenizer = tokenizer
         self.limits = limits or EngineLimits()
-        self.vocab_size = int(target.model.config.vocab_size)
+        self.vocab_size = int(text_config(target.model.config).vocab_size)
         self.kv_cache = target.new_kv_cache()
         self.committed: list[int] = []
         self.prompt_len = 0
@@ -111,12 +116,14 @@ class TargetSession:
         stop: Sequence[str] | None = None,
         generated: int = 0,
         grammar: GrammarSpec | dict | None = None,
+        images: Sequence[Any] = (),
     ) -> Started:
         """Prefill the prompt and produce the target's first token.
 
         `generated`: how many trailing prompt ids are output already (a restarted generation); the finish
         rules (`max_tokens`, stop strings) count them, and with `grammar` they were generated under it.
-        With `grammar` every token is chosen from the target's logits masked by it.
+        With `grammar` every token is chosen from the target's logits masked by it. `images` (decoded,
+        one per image of the prompt, laid out by the model's processor) go into the prefill only.
         """
         t0 = time.perf_counter()
         prompt = [int(t) for t in prompt_ids]
@@ -137,8 +144,10 @@ class TargetSession:
             raise ProtocolError("bad_frame", "stop strings need the server's tokenizer")
         spec = parse_grammar(grammar)  # compiled before any model work: a bad grammar costs no prefill
         matcher = self._grammar_matcher(spec, prompt[len(prompt) - generated :])
+        vision = self._vision_inputs(images, prompt[: len(prompt) - generated])  # `bad_image` before any work
         self.grammar_spec, self.grammar = spec, matcher
         self.kv_cache.reset()
+        self._set_images(list(images), vision)
         self.sampling = sampling
         self.max_tokens = max_tokens
         self.stops = StopStrings(self.tokenizer, stop) if stop else None
@@ -298,6 +307,8 @@ class TargetSession:
         self.kv_cache.reset()
         self.committed = list(record.committed)
         self.prompt_len = record.prompt_len
+        images = list(getattr(record, "images", None) or [])
+        self._set_images(images, self._vision_inputs(images, self.committed[: self.prompt_len]))
         self.round = record.round
         self.finished = record.finished
         self.finish_reason = record.finish_reason
@@ -335,6 +346,19 @@ class TargetSession:
         self.kv_cache.reset()
         if rng_state is not None and self.generator is not None:
             self.generator.set_state(rng_state)
+
+    def _vision_inputs(self, images: Sequence[Any], prompt: Sequence[int]) -> VisionInputs | None:
+        """The images as the model's pixel inputs, checked against the prompt's placeholders."""
+        if not images:
+            return None
+        if not isinstance(self.kv_cache, VisionCachedLM):
+            raise ProtocolError("bad_image", "this model takes no images")
+        return VisionInputs.build(self.processor, self.early_exit.model, images, prompt)
+
+    def _set_images(self, images: list[Any], vision: VisionInputs | None) -> None:
+        self.images = images
+        if isinstance(self.kv_cache, VisionCachedLM):
+            self.kv_cache.set_images(vision)
 
     def _grammar_matcher(self, spec: GrammarSpec | None, consumed: Sequence[int]) -> GrammarMatcher | None:
         """A matcher for `spec` that has consumed `consumed` (`bad_grammar` when it cannot)."""

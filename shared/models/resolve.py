@@ -66,10 +66,15 @@ def load_model(
     name_or_path: str | Path, *, dtype: torch.dtype | str = "auto", device: str | torch.device = "cpu"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Resolve (pulling or converting if needed), then load the model in eval mode and its tokenizer."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
     path = resolve_model(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    # A vision-language model (its config has a vision tower) loads through its own auto class.
+    vision = getattr(AutoConfig.from_pretrained(path), "vision_config", None) is not None
+    if vision:
+        import shared.vision_towers  # noqa: F401  (registers the project's own vision towers)
+    auto_class = AutoModelForImageTextToText if vision else AutoModelForCausalLM
+    model = auto_class.from_pretrained(path, dtype=dtype)
     model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     return model, tokenizer
