@@ -19,6 +19,8 @@ class KnownModel:
     A derived model (`derived_from` set) downloads nothing: it is built from another known model.
     A shipped model (`shipped` set) downloads nothing either: its weights are package data, in the folder
     `shipped` names as "package/sub/folder".
+    An adapted model (`derived_from` and `adapter` set) is its base with a LoRA adapter merged in; the
+    adapter is package data (`adapter` names its folder like `shipped`), checked by `adapter_sha256`.
     """
 
     name: str
@@ -34,6 +36,8 @@ class KnownModel:
     derived_from: str | None = None
     draft_layers: int | None = None
     shipped: str | None = None
+    adapter: str | None = None
+    adapter_sha256: str = ""
 
     @property
     def is_derived(self) -> bool:
@@ -56,6 +60,8 @@ def _parts(base: str, count: int, version: str) -> tuple[str, ...]:
 SMOLLM2 = "smollm2-135m-instruct"
 SMOLLM2_DRAFT = "smollm2-135m-draft"
 SMOLLM2_DRAFT_PROVISIONAL = "smollm2-135m-draft-provisional"
+SMOLLM2_PLANNER = "smollm2-135m-planner"
+SMOLLM2_PLANNER_DRAFT = "smollm2-135m-planner-draft"
 
 _MODELS = (
     KnownModel(
@@ -139,7 +145,18 @@ def get_known_model(name: str) -> KnownModel:
 def shipped_dir(model: KnownModel) -> Path:
     """The package folder holding a shipped model's weights (whether or not it exists)."""
     assert model.shipped is not None
-    package, _, sub = model.shipped.partition("/")
+    return package_dir(model.shipped)
+
+
+def adapter_dir(model: KnownModel) -> Path:
+    """The package folder holding an adapted model's LoRA adapter."""
+    assert model.adapter is not None
+    return package_dir(model.adapter)
+
+
+def package_dir(where: str) -> Path:
+    """ "package/sub/folder" -> that folder inside the installed package."""
+    package, _, sub = where.partition("/")
     return Path(importlib.util.find_spec(package).submodule_search_locations[0]) / sub  # type: ignore[union-attr,index]
 
 
