@@ -156,3 +156,16 @@ def test_merging_an_adapter_equals_the_adapted_model_and_a_bad_adapter_is_refuse
     with pytest.raises(ModelError) as err:
         pull._build_adapted(bad, tmp_path / "home" / "x", progress=False, force=False)
     assert err.value.code == "hash_mismatch"
+
+
+def test_the_planner_pair_is_selectable_and_gets_its_prompt_and_budget():
+    import typer
+
+    from eespec.robot_cli import planner_options, resolve_pair
+
+    assert resolve_pair("planner", "a", "b") == ("smollm2-135m-planner", "smollm2-135m-planner-draft")
+    assert resolve_pair(None, "a", "b") == ("a", "b")
+    with pytest.raises(typer.BadParameter):
+        resolve_pair("nope", "a", "b")
+    assert planner_options("smollm2-135m-planner") == {"prompt_style": "compact", "max_tokens": 128}
+    assert planner_options("smollm2-135m-instruct") == {}

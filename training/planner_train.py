@@ -138,16 +138,16 @@ def main(argv: list[str] | None = None) -> None:
             recent = sum(losses[-10:]) / 10
             print(f"step {step} loss {recent:.3f} lr {lr:.2e} {time.monotonic() - t0:.0f} s", flush=True)
     train_s = time.monotonic() - t0
-    t1 = time.monotonic()
-    report = evaluate(model, tokenizer, heldout[: args.eval])
-    eval_s = time.monotonic() - t1
-    print("held-out:", report, flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)  # the adapter first: evaluating takes long on a busy CPU
     state = {
         k: v.detach().to(torch.float16).contiguous() for k, v in get_peft_model_state_dict(model).items()
     }
     save_file(state, args.out / "adapter_model.safetensors")
     model.peft_config["default"].save_pretrained(args.out)
+    t1 = time.monotonic()
+    report = evaluate(model, tokenizer, heldout[: args.eval])
+    eval_s = time.monotonic() - t1
+    print("held-out:", report, flush=True)
     (args.out / "training.json").write_text(
         json.dumps(
             {

@@ -128,6 +128,31 @@ _MODELS = (
         derived_from=SMOLLM2,
         draft_layers=4,
     ),
+    KnownModel(
+        name=SMOLLM2_PLANNER,
+        description=(
+            "Robot planner target: smollm2-135m-instruct with a LoRA adapter (rank 8, top 8 layers) tuned on "
+            "the scripted expert's plans (training/planner_train.py), merged at first use, float32. Takes "
+            "the compact planner prompt (robot/planner.py). Model card in shared/models/adapters/."
+        ),
+        license="Apache-2.0",
+        fp32_bytes=538_090_408,
+        derived_from=SMOLLM2,
+        adapter="shared/models/adapters/smollm2-135m-planner",
+        adapter_sha256="1f76b26585e6a1cfb9a81d88b573f9540e4b9c6ac487a06af8542af84174cd30",
+    ),
+    KnownModel(
+        name=SMOLLM2_PLANNER_DRAFT,
+        description=(
+            "Robot planner draft: the shipped smollm2-135m-draft with a LoRA adapter (rank 8, all layers) "
+            "tuned on the same plans, merged at first use, float16."
+        ),
+        license="Apache-2.0",
+        fp32_bytes=70_000_000,
+        derived_from=SMOLLM2_DRAFT,
+        adapter="shared/models/adapters/smollm2-135m-planner-draft",
+        adapter_sha256="fcd69632fc0df5d6ce424583c027f5e95987c07e2806ad070bb648e77d3fcd5a",
+    ),
 )
 
 KNOWN_MODELS: dict[str, KnownModel] = {m.name: m for m in _MODELS}
