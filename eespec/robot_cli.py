@@ -22,10 +22,15 @@ from typing import Annotated, Any
 
 import typer
 
-from shared.defaults import DEFAULT_DRAFT, DEFAULT_EXIT_LAYERS, DEFAULT_TARGET, DEFAULT_WINDOW
+from shared.defaults import DEFAULT_DRAFT, DEFAULT_EXIT_LAYERS, DEFAULT_TARGET, DEFAULT_WINDOW, PAIRS
 
 PLANNER_MODES = ("scripted", "cloud-ar", "sd", "sd-preempt", "edge-only")
 MODEL_MODES = PLANNER_MODES[1:]
+# Planner models fine-tuned on the compact prompt (training/planner_data.py): they get that prompt, room for
+# their longer whole-path plans, and their base's trained exit heads (LoRA leaves the layers below the exit
+# nearly as they were; the planner's model card says so).
+PLANNER_TARGETS = {"smollm2-135m-planner": "smollm2-135m-instruct"}
+PLANNER_MAX_TOKENS = 128
 robot_app = typer.Typer(
     help="The robot: control-loop daemon, shipped tasks, episode reports.", no_args_is_help=True
 )
@@ -54,8 +59,19 @@ class _Models:
 
         self.pipeline = None
         if target is not None:
+            exits_dir = None
+            if target in PLANNER_TARGETS:
+                from cloud_server.engine import shipped_exit_heads
+
+                exits_dir = shipped_exit_heads(PLANNER_TARGETS[target])
             self.pipeline = LocalPipeline.load(
-                target, draft, exit_layers=DEFAULT_EXIT_LAYERS, window=window, preempt=True, threads=threads
+                target,
+                draft,
+                exit_layers=DEFAULT_EXIT_LAYERS,
+                exits_dir=None if exits_dir is None else str(exits_dir),
+                window=window,
+                preempt=True,
+                threads=threads,
             )
             self.draft_model, self.tokenizer = self.pipeline.draft_model, self.pipeline.tokenizer
             # With the tokenizer the draft applies the plan grammar too: it drafts legal tokens only.
@@ -254,6 +270,22 @@ class RemoteBackend:
 # --- one episode ----------------------------------------------------------------------------------------
 
 
+def planner_options(target: str) -> dict[str, Any]:
+    """`ModelPlanner`'s prompt style and token budget for `target` (a fine-tuned planner's or the default)."""
+    if target in PLANNER_TARGETS:
+        return {"prompt_style": "compact", "max_tokens": PLANNER_MAX_TOKENS}
+    return {}
+
+
+def resolve_pair(pair: str | None, target: str, draft: str) -> tuple[str, str]:
+    """`--pair NAME` picks the pair's target and draft; without it, `--target` / `--draft` stand."""
+    if pair is None:
+        return target, draft
+    if pair not in PAIRS:
+        raise typer.BadParameter(f"unknown pair {pair!r}; valid: {', '.join(PAIRS)}", param_hint="--pair")
+    return PAIRS[pair].target, PAIRS[pair].draft
+
+
 def build_planners(
     mode: str,
     task: Any,
@@ -263,6 +295,7 @@ def build_planners(
     models: _Models | None,
     draft: str,
     window: int,
+    target: str = DEFAULT_TARGET,
 ) -> tuple[Any, Any, list[Any]]:
     """(planner, edge-only fallback planner, things to close)."""
     from robot import ModelPlanner, ScriptedPlanner
@@ -273,12 +306,14 @@ def build_planners(
         from robot.perception.follow import SceneFollowPlanner
 
         return SceneFollowPlanner(task), None, []
+    opts = planner_options(target)
     if server is not None and mode != "edge-only":
         remote = RemoteBackend(server, api_key, draft, mode, window, models)
         fallback = LocalBackend(models, "edge-only") if models is not None else None
-        return ModelPlanner(remote), ModelPlanner(fallback) if fallback else None, [remote]
+        return ModelPlanner(remote, **opts), ModelPlanner(fallback, **opts) if fallback else None, [remote]
     assert models is not None
-    return ModelPlanner(LocalBackend(models, mode)), ModelPlanner(LocalBackend(models, "edge-only")), []
+    planner = ModelPlanner(LocalBackend(models, mode), **opts)
+    return planner, ModelPlanner(LocalBackend(models, "edge-only"), **opts), []
 
 
 async def run_episode(
@@ -300,13 +335,21 @@ async def run_episode(
     damp_on_estop: bool = False,
     sim_robot: str = "auto",
     perception: str = "oracle",
+    target: str = DEFAULT_TARGET,
 ) -> Any:
     from robot import DaemonConfig, EpisodeLog, HttpHealthPing, RobotDaemon, make_robot
     from robot.perception import make_perception
     from robot.status_server import StatusServer, create_status_app
 
     planner, fallback, closers = build_planners(
-        planner_mode, task, server=server, api_key=api_key, models=models, draft=draft, window=window
+        planner_mode,
+        task,
+        server=server,
+        api_key=api_key,
+        models=models,
+        draft=draft,
+        window=window,
+        target=target,
     )
     robot = make_robot(backend, task, **({"robot_model": sim_robot} if backend == "sim" else {}))
     ping = HttpHealthPing(server) if server else None
@@ -395,6 +438,9 @@ def run(
     seed: Annotated[int, typer.Option(help="0: the task's start; N > 0: a start perturbed by seed N.")] = 0,
     target: Annotated[str, typer.Option(help="Target model (in-process model planners).")] = DEFAULT_TARGET,
     draft: Annotated[str, typer.Option(help="Draft model.")] = DEFAULT_DRAFT,
+    pair: Annotated[
+        str | None, typer.Option(help=f"A model pair ({', '.join(PAIRS)}) instead of --target/--draft.")
+    ] = None,
     window: Annotated[int, typer.Option(min=1, max=16)] = DEFAULT_WINDOW,
     threads: Annotated[int | None, typer.Option(help="torch threads.")] = None,
     plan_max_age: Annotated[float, typer.Option(help="A plan older than this (s) is stale.")] = 5.0,
@@ -422,6 +468,7 @@ def run(
         )
     if status_insecure_no_auth and status_port is not None:
         typer.echo("WARNING: the robot status API (e-stop included) is served without a key", err=True)
+    target, draft = resolve_pair(pair, target, draft)
     the_task = _load_task(task, seed)
     models = None
     # with --server only the draft runs here (edge-only fallback included)
@@ -447,6 +494,7 @@ def run(
             damp_on_estop=damp_on_estop,
             sim_robot=sim_robot,
             perception=perception,
+            target=target,
         )
     )
     typer.echo(json.dumps(result.summary | {"end": result.reason}))
@@ -499,6 +547,9 @@ def bench(
     out: Annotated[Path, typer.Option(help="Episode logs go to OUT/MODE/TASK-sSEED.")] = Path("robot-bench"),
     target: Annotated[str, typer.Option()] = DEFAULT_TARGET,
     draft: Annotated[str, typer.Option()] = DEFAULT_DRAFT,
+    pair: Annotated[
+        str | None, typer.Option(help=f"A model pair ({', '.join(PAIRS)}) instead of --target/--draft.")
+    ] = None,
     window: Annotated[int, typer.Option(min=1, max=16)] = DEFAULT_WINDOW,
     threads: Annotated[int | None, typer.Option()] = None,
     as_json: Annotated[Path | None, typer.Option("--json", help="Write the per-mode figures here.")] = None,
@@ -514,6 +565,7 @@ def bench(
     for m in mode_list:
         if m not in PLANNER_MODES:
             raise typer.BadParameter(f"unknown mode {m!r}")
+    target, draft = resolve_pair(pair, target, draft)
     names = [t.name for t in shipped_tasks()] if task_names is None else task_names.split(",")
     seed_list = [int(s) for s in seeds.split(",")]
     models = None
@@ -539,6 +591,7 @@ def bench(
                         window=window,
                         plan_max_age_s=plan_max_age,
                         sim_robot=sim_robot,
+                        target=target,
                     )
                 )
                 s = result.summary

@@ -43,4 +43,12 @@ PAIRS: dict[str, ModelPair] = {
         (14,),
         "Qwen2.5-Coder-1.5B-Instruct target, Qwen2.5-Coder-0.5B-Instruct draft",
     ),
+    # The robot planner (issue 14): both models LoRA-tuned on the scripted expert's whole-path plans
+    # (training/planner_train.py; model card in shared/models/adapters/), merged into their bases at first use
+    "planner": ModelPair(
+        "smollm2-135m-planner",
+        "smollm2-135m-planner-draft",
+        DEFAULT_EXIT_LAYERS,
+        "SmolLM2-135M-Instruct and its distilled draft, each LoRA-tuned to write robot plans",
+    ),
 }

