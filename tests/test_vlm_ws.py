@@ -133,6 +133,7 @@ def test_bad_images_answer_with_their_codes_and_the_server_stays_up(vlm_server):
             ws.send(json.dumps({"type": "start", "token_ids": prompt, "max_tokens": 4, "images": payloads}))
             reply = json.loads(ws.recv())
             assert (reply["type"], reply.get("code")) == ("error", code), (name, reply)
+            assert reply["retryable"] is False, name  # the same frame would fail again
             assert "Traceback" not in reply["message"] and "/" not in reply["message"].replace("image/", "")
         # The same socket then generates with a good image (a data: URL), exactly.
         good = [{"mime": "image/png", "data": "data:image/png;base64," + _b64(png)}]
