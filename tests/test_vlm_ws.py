@@ -217,3 +217,20 @@ def test_restart_with_images_continues_exactly(vlm_server):
         started = json.loads(ws.recv())
         assert started["type"] == "started", started
         assert started["first_token"] == expected[done]
+
+
+def test_text_prompt_with_placeholders_is_laid_out_by_the_server(vlm_server):
+    """A thin client sends `prompt` text holding the placeholders; the server's processor expands them."""
+    from shared.vlm import image_placeholder_text
+
+    family, url, target, processor = vlm_server
+    images = [frame(6)]
+    text = f"look {image_placeholder_text(processor, 1)} what now?"
+    payload = payload_from_image(images[0]).model_dump()
+    with connect(_ws(url), additional_headers=AUTH) as ws:
+        _handshake(ws)
+        ws.send(json.dumps({"type": "start", "prompt": text, "max_tokens": 4, "images": [payload]}))
+        started = json.loads(ws.recv())
+    prompt = image_prompt(processor, images)
+    assert (started["type"], started["prompt_hash"]) == ("started", ids_hash(prompt)), started
+    assert started["first_token"] == oracle_vlm_greedy(target, processor, prompt, images, 1, eos=EOS_ID)[0]
