@@ -34,7 +34,8 @@ class ServerSettings(BaseSettings):
     ssl_certfile: str | None = None
     threads: int | None = None
     # Slots: websocket sessions and HTTP generations together; one API key may hold at most
-    # `max_sessions_per_key` of them (None: `max_sessions`).
+    # `max_sessions_per_key` of them. None: an equal share of `max_sessions` for each configured key (so
+    # no tenant can take every slot from another); all of them with one key or none (one tenant).
     max_sessions: int = 64
     max_sessions_per_key: int | None = None
     max_detached: int = 256
@@ -90,4 +91,6 @@ class ServerSettings(BaseSettings):
 
     @property
     def per_key_limit(self) -> int:
-        return self.max_sessions if self.max_sessions_per_key is None else self.max_sessions_per_key
+        if self.max_sessions_per_key is not None:
+            return self.max_sessions_per_key
+        return max(1, self.max_sessions // max(1, len(self.api_key)))

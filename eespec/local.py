@@ -11,7 +11,14 @@ from typing import Any
 
 import torch
 
-from cloud_server.engine import EarlyExitTarget, EngineLimits, TargetSession, eos_ids_of, resolve_exit_heads
+from cloud_server.engine import (
+    EarlyExitTarget,
+    EngineLimits,
+    TargetSession,
+    eos_ids_of,
+    model_fingerprint,
+    resolve_exit_heads,
+)
 from edge_client.decoder import GenerationResult, SpeculativeDecoder
 from edge_client.draft import DraftEngine
 from edge_client.proposers import make_proposer, split_draft_name
@@ -81,8 +88,13 @@ class LocalPipeline:
         if vocab_hash(tokenizer) != vocab_hash(draft_tokenizer):
             raise ValueError("draft and target tokenizers differ (vocab_hash mismatch); they must share one")
         name = str(target).rstrip("/").split("/")[-1]
-        hidden = text_config(target_model.config).hidden_size
-        heads = resolve_exit_heads(name, hidden, list(exit_layers), exits_dir)
+        heads = resolve_exit_heads(
+            name,
+            text_config(target_model.config).hidden_size,
+            list(exit_layers),
+            exits_dir,
+            fingerprint=model_fingerprint(target_model, tokenizer),
+        )
         early_target = EarlyExitTarget(target_model, heads)
         processor = load_processor(resolve_model(target)) if is_vlm(target_model) else None
         draft_processor = load_processor(resolve_model(draft_name)) if is_vlm(draft_model) else None

@@ -10,17 +10,29 @@ FinishReason = Literal["stop", "length"]
 
 
 class StopStrings:
-    """Finds the token that completes a stop string in the decoded generated text."""
+    """Finds the token that completes a stop string in the decoded generated text.
+
+    The finish rules ask after every token whether the text *now* contains a stop string; one that was
+    not there a token ago must end within the last token's text, so only a tail of the generation is
+    decoded: `tail_tokens` tokens, enough for the longest stop string even at one byte per token (every
+    token of a byte-level or byte-fallback vocabulary decodes to >= 1 byte; a character is <= 4 bytes),
+    plus slack for a split character or a stripped leading space where the tail starts. O(stop length)
+    per token instead of re-decoding the whole output (O(n^2) per stream).
+    """
 
     def __init__(self, tokenizer, stops: Iterable[str]) -> None:
         self.tokenizer = tokenizer
         self.stops = [s for s in stops if s]
+        self.tail_tokens = 4 * max((len(s) for s in self.stops), default=0) + 8
 
     def __bool__(self) -> bool:
         return bool(self.stops)
 
     def completed(self, generated_ids: Sequence[int]) -> bool:
-        text = self.tokenizer.decode(list(generated_ids), skip_special_tokens=False)
+        """Whether the text of `generated_ids` contains a stop string, given that it did not one token
+        earlier (the finish rules stop at the first token that completes one)."""
+        tail = list(generated_ids[-self.tail_tokens :])
+        text = self.tokenizer.decode(tail, skip_special_tokens=False)
         return any(stop in text for stop in self.stops)
 
     def cut(self, text: str) -> str:

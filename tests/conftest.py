@@ -18,3 +18,23 @@ def target_model():
 @pytest.fixture(scope="session")
 def unrelated_draft_model():
     return tiny_llama(1, vocab_size=64, hidden_size=32, layers=1).to(DEVICE)
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """Name every thread still alive when the suite ends: a leaked thread that is inside native code (torch,
+    MuJoCo, a GL context) when the interpreter finalizes crashes it after every test has passed."""
+    import sys
+    import threading
+    import traceback
+
+    frames = sys._current_frames()
+    alive = [t for t in threading.enumerate() if t is not threading.main_thread()]
+    if not alive:
+        return
+    lines = [f"{len(alive)} thread(s) alive at the end of the session:"]
+    for thread in alive:
+        lines.append(f"- {thread.name} (daemon={thread.daemon})")
+        frame = frames.get(thread.ident)
+        if frame is not None:
+            lines.extend("    " + s.rstrip() for s in traceback.format_stack(frame)[-3:])
+    session.config.get_terminal_writer().line("\n".join(lines))

@@ -207,7 +207,7 @@ def test_map_and_camera_follow_a_task_in_the_simulator():
     task = load_task("blue-ball-ahead")
     robot = make_robot("sim", task)
     daemon = daemon_for(task, robot=robot, duration_s=40.0)
-    with RunningDaemon(daemon) as running, chromium() as driver:
+    with robot, RunningDaemon(daemon) as running, chromium() as driver:
         log_in(driver, running.url, KEY)
         robot_mark = driver.find_element(By.ID, "robot")
         wait_for(lambda: robot_mark.get_attribute("data-x") is not None, timeout=20, what="a first pose")

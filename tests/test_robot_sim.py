@@ -139,3 +139,21 @@ def test_the_model_planner_drives_only_on_verified_plans_in_the_simulator(tmp_pa
     assert all(p["constrained"] for p in ep["plans"])
     assert all(p["mean_accepted_len"] is not None for p in ep["plans"])
     assert all(t["verified"] and t["source"] == "plan" for t in ep["ticks"] if moving(t))
+
+
+def test_a_sim_left_open_does_not_crash_the_interpreter_at_exit():
+    """Regression (CI exit 139 after every test passed): a SimRobot never closed left its daemon thread
+    holding a GL context through interpreter finalization, which segfaulted. Open sims are closed at exit."""
+    import subprocess
+    import sys
+
+    script = (
+        "from robot import load_task\n"
+        "from robot.backends.sim import SimRobot\n"
+        "robot = SimRobot(load_task('blue-ball-ahead'), robot_model='procedural')\n"
+        "robot.stand_up()\n"
+        "print(robot.camera('head').rgb.shape)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert "(120, 160, 3)" in done.stdout

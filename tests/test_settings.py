@@ -25,3 +25,12 @@ def test_exit_layers_from_env(monkeypatch, raw, layers):
 def test_limits_follow_settings():
     limits = ServerSettings(max_window=8, ttl_s=5).limits()
     assert limits.max_window == 8 and limits.ttl_s == 5
+
+
+def test_per_key_limit_defaults_to_an_equal_share_of_the_slots():
+    """One key (one tenant) may use every slot; with several keys none can take another's share."""
+    assert ServerSettings(max_sessions=64, api_key=["a"]).per_key_limit == 64
+    assert ServerSettings(max_sessions=64).per_key_limit == 64  # --insecure-no-auth: one anonymous tenant
+    assert ServerSettings(max_sessions=64, api_key=["a", "b", "c"]).per_key_limit == 21
+    assert ServerSettings(max_sessions=2, api_key=["a", "b", "c"]).per_key_limit == 1
+    assert ServerSettings(max_sessions=64, api_key=["a", "b"], max_sessions_per_key=40).per_key_limit == 40

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cloud_server.engine import AdapterKind, ExitConfig, ExitHeads, decoder_layers
+from cloud_server.engine import AdapterKind, ExitConfig, ExitHeads, decoder_layers, model_fingerprint
 from training.corpus import Corpus, build_corpus
 
 LossKind = Literal["kl", "topk_kl"]
@@ -345,6 +345,7 @@ def train_exits(
             kind=kind,
             rank=rank,
             base_model=target,
+            model=model_fingerprint(model, tokenizer),
         )
     ).to(device=device, dtype=dtype)
     optimizer = torch.optim.AdamW(heads.parameters(), lr=lr, weight_decay=weight_decay)

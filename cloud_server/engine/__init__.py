@@ -11,7 +11,9 @@ from cloud_server.engine.exits import (
     ExitAdapter,
     ExitConfig,
     ExitHeads,
+    check_heads_fit,
     exit_logits,
+    model_fingerprint,
     resolve_exit_heads,
     shipped_exit_heads,
 )
@@ -36,10 +38,12 @@ __all__ = [
     "SHORTLIST_NAME",
     "SessionStore",
     "TargetSession",
+    "check_heads_fit",
     "decoder_layers",
     "eos_ids_of",
     "exit_logits",
     "load_target",
+    "model_fingerprint",
     "resolve_exit_heads",
     "shipped_exit_heads",
 ]

@@ -23,6 +23,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from shared.vlm import text_config
+
 AdapterKind = Literal["linear", "lowrank"]
 CONFIG_NAME = "exits.json"
 WEIGHTS_NAME = "exits.safetensors"
@@ -37,6 +39,9 @@ class ExitConfig:
     rank: int = 64
     base_model: str = ""
     notes: dict[str, object] = field(default_factory=dict)
+    # What the heads were trained on (`model_fingerprint`): checked against the model they are loaded for.
+    # Empty in files written before it existed; then only the hidden size and the layer count are checked.
+    model: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.layers or any(layer < 1 for layer in self.layers):
@@ -156,6 +161,7 @@ class ExitHeads(nn.Module):
             rank=int(raw.get("rank", 64)),
             base_model=str(raw.get("base_model", "")),
             notes=dict(raw.get("notes", {})),
+            model=dict(raw.get("model", {})),
         )
         state = load_file(str(directory / WEIGHTS_NAME))
         shortlist_path = directory / SHORTLIST_NAME
@@ -181,6 +187,7 @@ class ExitHeads(nn.Module):
             rank=self.config.rank,
             base_model=self.config.base_model,
             notes=self.config.notes,
+            model=self.config.model,
         )
         heads = ExitHeads(config, self.shortlist).to(next(self.parameters()).dtype)
         for layer in config.layers:
@@ -205,13 +212,64 @@ def shipped_exit_heads(model_name: str) -> Path | None:
     return directory if (directory / CONFIG_NAME).is_file() else None
 
 
+def model_fingerprint(model: nn.Module, tokenizer=None) -> dict[str, object]:
+    """What exit heads depend on: the architecture's shape and, when given, the tokenizer's vocabulary
+    (a vision-language model's: its language model's)."""
+    config = text_config(model.config)
+    fingerprint: dict[str, object] = {
+        "model_type": str(getattr(config, "model_type", "")),
+        "hidden_size": int(config.hidden_size),
+        "num_hidden_layers": int(config.num_hidden_layers),
+        "vocab_size": int(config.vocab_size),
+    }
+    if tokenizer is not None:
+        from shared.hashing import vocab_hash
+
+        fingerprint["vocab_hash"] = vocab_hash(tokenizer)
+    return fingerprint
+
+
+def check_heads_fit(heads: ExitHeads, fingerprint: dict[str, object], source: str) -> None:
+    """Raise a clear error when `heads` were trained for another model than the one `fingerprint` names.
+
+    A misfit head would not break exactness (the final verdict is the full model's) but its early verdicts
+    would be noise: every early frame wasted, silently. Heads chosen by folder name alone were never checked.
+    """
+    trained_for = heads.config.base_model or "an unnamed model"
+    problems = []
+    if heads.config.hidden_size != fingerprint["hidden_size"]:
+        problems.append(f"hidden size {heads.config.hidden_size}, the model has {fingerprint['hidden_size']}")
+    too_deep = [layer for layer in heads.layers if layer > int(fingerprint["num_hidden_layers"])]
+    if too_deep:
+        problems.append(f"exit layers {too_deep}, the model has {fingerprint['num_hidden_layers']} layers")
+    if heads.shortlist and max(heads.shortlist) >= int(fingerprint["vocab_size"]):
+        problems.append(f"a shortlist id beyond the model's vocabulary ({fingerprint['vocab_size']})")
+    for key, value in heads.config.model.items():
+        if key in fingerprint and fingerprint[key] != value:
+            problems.append(f"{key} {value!r}, the model has {fingerprint[key]!r}")
+    if problems:
+        raise ValueError(
+            f"the exit heads in {source} were trained for {trained_for} and do not fit this model: "
+            + "; ".join(problems)
+            + " (pass the heads trained for this model with --exits-dir, or train them: eespec train-exits)"
+        )
+
+
 def resolve_exit_heads(
-    model_name: str, hidden_size: int, layers: tuple[int, ...] | list[int], exits_dir: str | Path | None
+    model_name: str,
+    hidden_size: int,
+    layers: tuple[int, ...] | list[int],
+    exits_dir: str | Path | None,
+    *,
+    fingerprint: dict[str, object] | None = None,
 ) -> ExitHeads | None:
     """Trained heads from `exits_dir` (or the shipped ones for `model_name`), restricted to `layers` when
-    given; without trained heads, zero-initialised ones at `layers`; None when neither says any."""
+    given; without trained heads, zero-initialised ones at `layers`; None when neither says any. With
+    `fingerprint` (`model_fingerprint` of the model) the trained heads are checked to fit it."""
     directory = Path(exits_dir) if exits_dir else shipped_exit_heads(model_name)
     if directory is not None:
         heads = ExitHeads.load(directory)
+        if fingerprint is not None:
+            check_heads_fit(heads, fingerprint, str(directory))
         return heads.subset(layers) if layers else heads
     return ExitHeads.untrained(tuple(layers), hidden_size) if layers else None

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from cloud_server.engine.early_exit import EarlyExitTarget
-from cloud_server.engine.exits import ExitHeads, resolve_exit_heads
+from cloud_server.engine.exits import ExitHeads, model_fingerprint, resolve_exit_heads
 from shared.hashing import vocab_hash
 from shared.models import eos_ids_of, resolve_model
 from shared.precision import Precision, load_in_precision
@@ -65,6 +65,8 @@ def load_target(
     model, tokenizer = load_in_precision(target, dtype, device=device)
     name = target.rstrip("/").split("/")[-1]
     layers = list(exit_layers) if exit_layers is not None else []
-    heads = resolve_exit_heads(name, text_config(model.config).hidden_size, layers, exits_dir)
+    fingerprint = model_fingerprint(model, tokenizer)
+    hidden = text_config(model.config).hidden_size
+    heads = resolve_exit_heads(name, hidden, layers, exits_dir, fingerprint=fingerprint)
     processor = load_processor(resolve_model(target)) if is_vlm(model) else None
     return LoadedTarget.build(name, model, tokenizer, heads, processor)

@@ -10,6 +10,7 @@ package is never imported: its files are found through its distribution metadata
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import ctypes.util
 import importlib.metadata
@@ -17,6 +18,7 @@ import math
 import os
 import queue
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -143,6 +145,18 @@ def scene_xml(task: Task, standing_height: float, robot: bool = True) -> str:
 </mujoco>"""
 
 
+# Sims still open when the interpreter exits are closed first: a daemon sim thread frozen while it holds a
+# GL context (its renderer) crashes the interpreter's finalization with SIGSEGV — after a test run in which
+# everything passed, in CI.
+_OPEN_SIMS: weakref.WeakSet[SimRobot] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_sims() -> None:
+    for sim in list(_OPEN_SIMS):
+        sim.close()
+
+
 class SimRobot:
     """A Go2 in MuJoCo; the same calls and quirks as the fake, with MuJoCo's contacts and camera."""
 
@@ -173,6 +187,13 @@ class SimRobot:
         self._thread = threading.Thread(target=self._main, name="mujoco-sim", daemon=True)
         self._thread.start()
         self._ready.result(timeout=60)
+        _OPEN_SIMS.add(self)
+
+    def __enter__(self) -> SimRobot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # --- RobotInterface ------------------------------------------------------------------------------
 
@@ -215,6 +236,7 @@ class SimRobot:
         if not self._stop.is_set():
             self._stop.set()
             self._thread.join(timeout=10)
+        _OPEN_SIMS.discard(self)
 
     def inject_fault(self, code: int = 1001) -> None:
         self._call(lambda: self.motion.fault(code, self.clock()))
