@@ -369,7 +369,9 @@ def _chat_images(
         raise ProtocolError("bad_image", f"{loaded.name} takes no images")
     settings = state.settings
     if len(urls) > settings.max_images:
-        raise ProtocolError("limit_exceeded", f"{len(urls)} images > max_images ({settings.max_images})")
+        raise ProtocolError(
+            "limit_exceeded", f"{len(urls)} images > max_images ({settings.max_images})", retryable=False
+        )
     payloads = [payload_from_data_url(url) for url in urls]
     images = decode_payloads(payloads, max_images=settings.max_images, max_bytes=settings.max_image_bytes)
     placeholder = image_placeholder_text(processor, 1)

@@ -93,7 +93,9 @@ def decode_payloads(
 ) -> list[Image.Image]:
     """All images of a request, the count checked before any is decoded."""
     if len(payloads) > max_images:
-        raise ProtocolError("limit_exceeded", f"{len(payloads)} images > max_images ({max_images})")
+        raise ProtocolError(
+            "limit_exceeded", f"{len(payloads)} images > max_images ({max_images})", retryable=False
+        )
     return [decode_payload(p, max_bytes) for p in payloads]
 
 

@@ -34,7 +34,7 @@ def _decoder(target, draft, processor, *, window: int, exits=(1, 2), eos=None) -
     return SpeculativeDecoder(DraftEngine(draft, processor=processor), session, window=window)
 
 
-@pytest.mark.parametrize("window", [1, 4])
+@pytest.mark.parametrize("window", [3])  # windows of every size: the text suites; here the images
 def test_greedy_with_images_equals_generate(vlm_pair, window):
     family, target, draft, processor = vlm_pair
     decoder = _decoder(target, draft, processor, window=window)

@@ -133,6 +133,7 @@ def test_bad_images_answer_with_their_codes_and_the_server_stays_up(vlm_server):
             ws.send(json.dumps({"type": "start", "token_ids": prompt, "max_tokens": 4, "images": payloads}))
             reply = json.loads(ws.recv())
             assert (reply["type"], reply.get("code")) == ("error", code), (name, reply)
+            assert reply["retryable"] is False, name  # the same frame would fail again
             assert "Traceback" not in reply["message"] and "/" not in reply["message"].replace("image/", "")
         # The same socket then generates with a good image (a data: URL), exactly.
         good = [{"mime": "image/png", "data": "data:image/png;base64," + _b64(png)}]
@@ -216,3 +217,20 @@ def test_restart_with_images_continues_exactly(vlm_server):
         started = json.loads(ws.recv())
         assert started["type"] == "started", started
         assert started["first_token"] == expected[done]
+
+
+def test_text_prompt_with_placeholders_is_laid_out_by_the_server(vlm_server):
+    """A thin client sends `prompt` text holding the placeholders; the server's processor expands them."""
+    from shared.vlm import image_placeholder_text
+
+    family, url, target, processor = vlm_server
+    images = [frame(6)]
+    text = f"look {image_placeholder_text(processor, 1)} what now?"
+    payload = payload_from_image(images[0]).model_dump()
+    with connect(_ws(url), additional_headers=AUTH) as ws:
+        _handshake(ws)
+        ws.send(json.dumps({"type": "start", "prompt": text, "max_tokens": 4, "images": [payload]}))
+        started = json.loads(ws.recv())
+    prompt = image_prompt(processor, images)
+    assert (started["type"], started["prompt_hash"]) == ("started", ids_hash(prompt)), started
+    assert started["first_token"] == oracle_vlm_greedy(target, processor, prompt, images, 1, eos=EOS_ID)[0]

@@ -23,6 +23,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from shared.vlm import text_config
+
 AdapterKind = Literal["linear", "lowrank"]
 CONFIG_NAME = "exits.json"
 WEIGHTS_NAME = "exits.safetensors"
@@ -211,9 +213,8 @@ def shipped_exit_heads(model_name: str) -> Path | None:
 
 
 def model_fingerprint(model: nn.Module, tokenizer=None) -> dict[str, object]:
-    """What exit heads depend on: the (language model's) shape and, when given, the tokenizer's vocabulary."""
-    from shared.vlm import text_config
-
+    """What exit heads depend on: the architecture's shape and, when given, the tokenizer's vocabulary
+    (a vision-language model's: its language model's)."""
     config = text_config(model.config)
     fingerprint: dict[str, object] = {
         "model_type": str(getattr(config, "model_type", "")),
