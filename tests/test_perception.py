@@ -450,3 +450,29 @@ def test_make_perception_by_name():
     assert {"oracle", "ann", "snn", "snn_pruned"} <= set(PERCEPTIONS)
     with pytest.raises(ValueError, match="unknown perception"):
         make_perception("lidar", task)
+
+
+def test_robot_run_takes_a_perception_and_the_scene_follow_planner(tmp_path):
+    from eespec.cli import app
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["robot", "run", "--task", "blue-ball-ahead", "--perception", "lidar"])
+    assert r.exit_code != 0 and "--perception is one of oracle, ann, snn" in r.output
+    r = runner.invoke(
+        app,
+        [
+            "robot",
+            "run",
+            "--task",
+            "blue-ball-ahead",
+            "--planner",
+            "scene-follow",
+            "--perception",
+            "oracle",
+            "--log",
+            str(tmp_path / "log"),
+        ],
+    )
+    summary = json.loads(r.output.strip().splitlines()[-1])
+    assert r.exit_code == 0 and summary["success"] and summary["planner"] == "scene-follow", r.output
+    assert summary["perception"] == {"name": "oracle"}
