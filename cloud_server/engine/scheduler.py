@@ -96,8 +96,8 @@ class Scheduler:
         self._stopping = False
         self._delay_s = 0.0  # EWMA of how long scheduled jobs waited in the queue (statistics)
         self._load = 0.0
+        # Started by the first job (as an executor starts its worker): an unused state holds no thread.
         self._thread = threading.Thread(target=self._loop, name="eespec-inference", daemon=True)
-        self._thread.start()
 
     # -- front ---------------------------------------------------------------------------------------
 
@@ -137,6 +137,8 @@ class Scheduler:
             if self._stopping:
                 raise RuntimeError("the inference worker is shut down")
             self._queue.append(job)
+            if not self._thread.is_alive() and self._thread.ident is None:
+                self._thread.start()
             self._cv.notify()
         return job.future
 
