@@ -96,8 +96,8 @@ class Scheduler:
         self._stopping = False
         self._delay_s = 0.0  # EWMA of how long scheduled jobs waited in the queue (statistics)
         self._load = 0.0
+        # Started by the first job (as an executor starts its worker): an unused state holds no thread.
         self._thread = threading.Thread(target=self._loop, name="eespec-inference", daemon=True)
-        self._thread.start()
 
     # -- front ---------------------------------------------------------------------------------------
 
@@ -137,6 +137,8 @@ class Scheduler:
             if self._stopping:
                 raise RuntimeError("the inference worker is shut down")
             self._queue.append(job)
+            if not self._thread.is_alive() and self._thread.ident is None:
+                self._thread.start()
             self._cv.notify()
         return job.future
 
@@ -169,7 +171,8 @@ class Scheduler:
 
     def _schedule(self) -> tuple[_Job | None, list[_Job], float]:
         """Under the lock: the next call, or the next batch and the queue pressure it saw."""
-        # Drop what nobody waits for any more (and claim the rest: a claimed future cannot be cancelled).
+        # Drop what nobody waits for any more; a job is claimed (`set_running_or_notify_cancel`) only when
+        # scheduled, and one cancelled in between is dropped there (a claimed future cannot be cancelled).
         live: deque[_Job] = deque()
         for job in self._queue:
             if not job.future.cancelled():
@@ -179,8 +182,7 @@ class Scheduler:
             return None, [], 0.0
         if live[0].call is not None:
             job = live.popleft()
-            job.future.set_running_or_notify_cancel()
-            return job, [], 0.0
+            return (job if job.future.set_running_or_notify_cancel() else None), [], 0.0
         waiting = sum(job.tokens for job in live if job.work is not None)
         batch: list[_Job] = []
         used = 0
@@ -199,8 +201,7 @@ class Scheduler:
             else:
                 rest.append(job)
         self._queue = rest
-        for job in batch:
-            job.future.set_running_or_notify_cancel()
+        batch = [job for job in batch if job.future.set_running_or_notify_cancel()]
         return None, batch, waiting / self.token_budget
 
     def _run_call(self, job: _Job) -> None:
