@@ -146,6 +146,11 @@ class VisionCachedLM(CachedLM):
     whole cache: the next forward then starts from the beginning, with the images.
     """
 
+    # The scheduler's packed forward (cloud_server.engine.batched) computes positions and feeds embeddings
+    # itself: it knows neither the images nor the explicit (multimodal rotary) positions, so a VLM session's
+    # rows always run through this cache's own forward.
+    packable = False
+
     def __init__(self, model: Any) -> None:
         super().__init__(model)
         self.images: VisionInputs | None = None

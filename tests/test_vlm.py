@@ -151,3 +151,18 @@ def test_efficientnet_tower_carries_the_imagenet_weights():
     assert torch.equal(
         tower["_blocks.15._project_conv.weight"].float(), state["_blocks.15._project_conv.weight"]
     )
+
+
+def test_vlm_caches_never_go_through_the_packed_forward(monkeypatch):
+    """The scheduler's packed forward knows neither images nor explicit positions: even on a model that
+    could pack (row-wise attention), segments on VLM caches run through their own forward."""
+    import cloud_server.engine.early_exit as early_exit
+    from cloud_server.engine.batched import Segment
+
+    model, _ = tiny_vlm("qwen2_vl")
+    target = EarlyExitTarget(model, None)
+    monkeypatch.setattr(type(target), "can_batch", property(lambda self: True))
+    monkeypatch.setattr(early_exit, "packed_forward", lambda *a: pytest.fail("a VLM cache was packed"))
+    caches = [VisionCachedLM(model), VisionCachedLM(model)]
+    out = target.forward_batch([Segment(cache, [5, 6, 7], keep=1) for cache in caches])
+    assert len(out) == 2 and torch.equal(out[0], out[1])

@@ -148,9 +148,11 @@ class EarlyExitTarget:
         return can_pack(self.model)
 
     def forward_batch(self, segments: Sequence[Segment]) -> list[torch.Tensor]:
-        """One forward over many sessions' caches (`batched.packed_forward`); with one segment, or a model
-        without row-wise attention, the segments run one by one through `forward`."""
-        if len(segments) > 1 and self.can_batch:
+        """One forward over many sessions' caches (`batched.packed_forward`); with one segment, a model
+        without row-wise attention, or a cache that cannot be packed (a VLM's), the segments run one by one
+        through `forward`."""
+        packable = all(getattr(seg.kv_cache, "packable", True) for seg in segments)
+        if len(segments) > 1 and self.can_batch and packable:
             for seg in segments:
                 if seg.on_exit is not None:
                     seg.exit_layers = frozenset(seg.exit_layers) & frozenset(self.exit_layers)
