@@ -25,36 +25,10 @@ from edge_client.proposers import make_proposer, split_draft_name
 from shared.hashing import vocab_hash
 from shared.models import load_model, resolve_model
 from shared.precision import load_in_precision
+from shared.prompts import encode_prompt
 from shared.sampling import SamplingParams
 from shared.stopping import StopStrings
-from shared.vlm import image_placeholder_text, is_vlm, load_processor, prompt_with_images, text_config
-
-
-def encode_prompt(
-    tokenizer, prompt: str, chat: bool, images: Sequence[Any] = (), processor: Any = None
-) -> list[int]:
-    """The plain tokenizer call, or the chat template with a generation prompt when `chat`.
-
-    With `images` the VLM's processor lays the prompt out: the images' placeholders go first unless the
-    prompt already holds them, then the processor expands them."""
-    if images:
-        if processor is None:
-            raise ValueError("--image needs a vision-language model (this one has no image processor)")
-        if processor.image_token not in prompt:
-            prompt = f"{image_placeholder_text(processor, len(images))}\n{prompt}"
-        if chat:
-            prompt = tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-            )
-        return prompt_with_images(processor, prompt, images)
-    if chat:
-        ids = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True
-        )
-        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-            ids = ids["input_ids"]
-        return [int(t) for t in ids]
-    return [int(t) for t in tokenizer(prompt).input_ids]
+from shared.vlm import is_vlm, load_processor, text_config
 
 
 @dataclass

@@ -29,7 +29,7 @@ TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"
 
 def encode_example(tokenizer: Any, prompt: str, plan: str) -> tuple[list[int], int]:
     """(prompt + plan + end-of-turn ids, where the plan starts): the prompt as the planner sends it."""
-    from eespec.local import encode_prompt
+    from shared.prompts import encode_prompt
 
     prefix = encode_prompt(tokenizer, prompt, chat=True)
     completion = tokenizer(plan, add_special_tokens=False).input_ids + [int(tokenizer.eos_token_id)]
@@ -62,7 +62,7 @@ def compare(pred_text: str, want_text: str) -> dict[str, bool]:
 def evaluate(
     model: Any, tokenizer: Any, rows: list[dict[str, Any]], max_new_tokens: int = 128
 ) -> dict[str, Any]:
-    from eespec.local import encode_prompt
+    from shared.prompts import encode_prompt
 
     counts = {"valid": 0, "same_actions": 0, "close": 0, "exact": 0}
     model.eval()
