@@ -418,7 +418,14 @@ class _Run:
         self.prompt_ids = prompt_ids
         self.vision = vision
         self.stops = body.stops()
-        self.gen = AutoregressiveGeneration(loaded, body.sampling(), max_tokens, self.stops, grammar)
+        self.gen = AutoregressiveGeneration(
+            loaded,
+            body.sampling(),
+            max_tokens,
+            self.stops,
+            grammar,
+            prefill_chunk_tokens=state.settings.prefill_chunk_tokens or None,
+        )
         state.http_generations.add(self.gen)
         self.text = TextStream(loaded.tokenizer, self.stops)
         self.t_request = t_request
@@ -426,7 +433,7 @@ class _Run:
         self.t_last: float | None = None
 
     async def prefill(self) -> int:
-        token = await self.state.worker.run(self.gen.prefill, self.prompt_ids, self.vision)
+        token = await self.state.worker.run_stepwise(self.gen.prefill_stepwise(self.prompt_ids, self.vision))
         self.state.metrics.prefill_seconds.observe(self.gen.prefill_s)
         self._count()
         return token

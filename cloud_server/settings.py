@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shared.attention import DEFAULT_PREFILL_CHUNK, MIN_PREFILL_CHUNK
 from shared.images import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGES
 from shared.protocol import Limits
 
@@ -51,6 +52,9 @@ class ServerSettings(BaseSettings):
     # the most a bf16 step holds bit-identically on the CPUs measured (engine.batched.EXACT_BATCH_ROWS);
     # 1 runs one session's forward at a time (the FIFO worker of before, for comparison).
     step_token_budget: int = Field(default=32, ge=1)
+    # Prompts longer than this are prefilled in chunks, one scheduler call each, so other sessions' rounds
+    # run between them; bit-identical to a one-shot prefill (shared.attention.prompt_pieces). 0: never.
+    prefill_chunk_tokens: int = DEFAULT_PREFILL_CHUNK
     # Images per request and bytes per image (`start.images`, chat image parts) for a VLM target.
     max_images: int = DEFAULT_MAX_IMAGES
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
@@ -63,6 +67,13 @@ class ServerSettings(BaseSettings):
     # SIGTERM: streams end with an error event and websockets close with 1012 at once; connections
     # still open after this many seconds are cancelled.
     shutdown_timeout_s: float = 5.0
+
+    @field_validator("prefill_chunk_tokens")
+    @classmethod
+    def _chunk_size(cls, value: int) -> int:
+        if value and value < MIN_PREFILL_CHUNK:
+            raise ValueError(f"prefill_chunk_tokens must be 0 (never chunk) or at least {MIN_PREFILL_CHUNK}")
+        return value
 
     @field_validator("dtype")
     @classmethod

@@ -243,7 +243,12 @@ class Connection:
             loaded.early_exit,
             eos_ids=loaded.eos_ids,
             tokenizer=loaded.tokenizer,
-            limits=EngineLimits(settings.max_prompt_tokens, settings.max_tokens, settings.max_window),
+            limits=EngineLimits(
+                settings.max_prompt_tokens,
+                settings.max_tokens,
+                settings.max_window,
+                settings.prefill_chunk_tokens or None,
+            ),
             processor=loaded.processor,
         )
         self.session_id = self.state.sessions.new_id()
@@ -293,15 +298,16 @@ class Connection:
         images = await self._images(start)
         prompt = await self._prompt_ids(start, images)
         self.state.metrics.requests.labels(route="speculate").inc()
-        started = await self.state.worker.run(
-            self.session.start,
-            prompt,
-            start.sampling,
-            start.max_tokens,
-            start.stop,
-            start.generated,
-            start.grammar,
-            images,
+        started = await self.state.worker.run_stepwise(
+            self.session.start_stepwise(
+                prompt,
+                start.sampling,
+                start.max_tokens,
+                start.stop,
+                start.generated,
+                start.grammar,
+                images,
+            )
         )
         self.state.metrics.prefill_seconds.observe(started.server_ms / 1000.0)
         self.state.metrics.generated_tokens.labels(mode="speculative").inc()
@@ -349,7 +355,7 @@ class Connection:
             raise ProtocolError("session_not_found", "committed_hash matches no prefix the server holds")
         t0 = time.perf_counter()
         try:
-            await self.state.worker.run(self.session.restore, record)
+            await self.state.worker.run_stepwise(self.session.restore_stepwise(record))
         except BaseException:
             self.state.sessions.put_back(record)  # still resumable, by this socket or another
             raise

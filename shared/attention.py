@@ -7,13 +7,19 @@ linear layers, norms and activations compute each row on its own; attention does
 rows share one QKᵀ / softmax / PV product over the longest key length, and the PV reduction's blocking
 depends on that length. Here each query row i of a short forward attends to exactly its own keys
 [: kv_len − q_len + i + 1] through transformers' own eager attention, with the same shapes a one-token step
-has, so the result is bit-identical. Long forwards (prefills) run batched: `generate()` and the engine
-prefill the same prompt the same way, and `TargetSession.restore` re-prefills in the same pieces.
+has, so the result is bit-identical. Long forwards (prefills) run batched through eager attention, and so does
+each chunk of a chunked prefill: on the CPUs measured, a prompt fed in chunks of more than
+`ROWWISE_MAX_QUERIES` rows gives the very keys, values and logits of the one-shot prefill `generate()`
+runs (tests/test_prefill_chunks.py checks it bit for bit, in bf16, on tiny and real models), because
+every row of such a chunk goes through the same kernels the one-shot prefill uses for it. `prompt_pieces`
+never makes a chunk that short; `TargetSession.restore` re-prefills in the same pieces.
 
 Registered with transformers' `AttentionInterface` under `ROWWISE_ATTENTION`; the mask is eager's.
 """
 
 from __future__ import annotations
+
+import itertools
 
 import torch
 from transformers import AttentionInterface
@@ -62,13 +68,35 @@ def rowwise_attention_forward(
     return torch.cat(rows, dim=1), None
 
 
-def refill_pieces(ids: list[int], prompt_len: int) -> list[list[int]]:
+# A prompt longer than this is prefilled in chunks, one scheduler call each, so that other sessions'
+# windows run between them (issue 12, item 13). Chunks are never shorter than `MIN_PREFILL_CHUNK`.
+DEFAULT_PREFILL_CHUNK = 256
+MIN_PREFILL_CHUNK = 2 * (ROWWISE_MAX_QUERIES + 1)
+
+
+def prompt_pieces(prompt: list[int], chunk_tokens: int | None = DEFAULT_PREFILL_CHUNK) -> list[list[int]]:
+    """The prompt in the pieces a prefill feeds: one piece up to `chunk_tokens` (None or 0: never split),
+    else ceil(n / chunk_tokens) pieces of near-equal length, each longer than `ROWWISE_MAX_QUERIES` rows so
+    that it runs batched like the one-shot prefill it must equal."""
+    if chunk_tokens and chunk_tokens < MIN_PREFILL_CHUNK:
+        raise ValueError(f"prefill chunks must be at least {MIN_PREFILL_CHUNK} tokens, not {chunk_tokens}")
+    n = len(prompt)
+    if not chunk_tokens or n <= chunk_tokens:
+        return [list(prompt)] if prompt else []
+    count = -(-n // chunk_tokens)
+    bounds = [round(i * n / count) for i in range(count + 1)]
+    return [list(prompt[a:b]) for a, b in itertools.pairwise(bounds)]
+
+
+def refill_pieces(
+    ids: list[int], prompt_len: int, chunk_tokens: int | None = DEFAULT_PREFILL_CHUNK
+) -> list[list[int]]:
     """How to re-feed a cached sequence (prompt, then generated tokens) so that its KV cache is bit-identical
-    to the one a generation built: the prompt in one forward, as its prefill was, then the rest in short
+    to the one a generation built: the prompt as its prefill fed it (`prompt_pieces`), then the rest in short
     forwards, which are row-wise and so equal to the windows and steps that first computed them."""
     rest = ids[prompt_len:]
     chunks = [rest[i : i + ROWWISE_MAX_QUERIES] for i in range(0, len(rest), ROWWISE_MAX_QUERIES)]
-    return [piece for piece in [ids[:prompt_len], *chunks] if piece]
+    return [piece for piece in [*prompt_pieces(ids[:prompt_len], chunk_tokens), *chunks] if piece]
 
 
 AttentionInterface.register(ROWWISE_ATTENTION, rowwise_attention_forward)

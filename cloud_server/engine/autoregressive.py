@@ -13,6 +13,8 @@ import torch
 
 from cloud_server.engine.batched import Segment
 from cloud_server.engine.loading import LoadedTarget
+from cloud_server.engine.stepwise import Stepwise, drive
+from shared.attention import DEFAULT_PREFILL_CHUNK, prompt_pieces
 from shared.grammar import GrammarMatcher, apply_mask
 from shared.kv import CachedLM
 from shared.sampling import SamplingParams
@@ -37,6 +39,7 @@ class AutoregressiveGeneration:
         max_tokens: int,
         stop: Sequence[str] | None = None,
         grammar: GrammarMatcher | None = None,
+        prefill_chunk_tokens: int | None = DEFAULT_PREFILL_CHUNK,
     ) -> None:
         if max_tokens < 1:
             raise ValueError("max_tokens must be at least 1")
@@ -57,6 +60,7 @@ class AutoregressiveGeneration:
         self.busy_s = 0.0
         self._lm: CachedLM | None = None
         self._closed = False
+        self._prefill_chunk = prefill_chunk_tokens
 
     @property
     def finished(self) -> bool:
@@ -68,13 +72,19 @@ class AutoregressiveGeneration:
         return lm.nbytes if lm is not None else 0
 
     def prefill(self, prompt_ids: Sequence[int], images: VisionInputs | None = None) -> int:
-        """Run the prompt (with a VLM's processed `images`) and return the first generated token."""
+        """`prefill_stepwise` run to the end at once."""
+        return drive(self.prefill_stepwise(prompt_ids, images))
+
+    def prefill_stepwise(
+        self, prompt_ids: Sequence[int], images: VisionInputs | None = None
+    ) -> Stepwise[int]:
+        """Run the prompt (with a VLM's processed `images`) and return the first generated token, yielding
+        between prefill chunks (`shared.attention.prompt_pieces`: bit-identical to a one-shot prefill)."""
         if self._lm is not None or self.generated or self._closed:
             raise RuntimeError("prefill runs once, on a fresh generation")
         prompt = [int(t) for t in prompt_ids]
         if not prompt:
             raise ValueError("the prompt is empty")
-        t0 = time.perf_counter()
         lm = cached_lm_for(self.model)
         if images is not None:
             if not isinstance(lm, VisionCachedLM):
@@ -82,8 +92,21 @@ class AutoregressiveGeneration:
             lm.set_images(images)
         self._lm = lm
         self.prompt_ids = prompt
-        token = self._choose(lm.forward(prompt, keep=1)[-1])
-        self.prefill_s = time.perf_counter() - t0
+        # A VLM's prefill carries its images' placeholders and positions in one forward: never chunked.
+        chunk = None if isinstance(lm, VisionCachedLM) else self._prefill_chunk
+        *head, last = prompt_pieces(prompt, chunk)
+        try:
+            for piece in head:
+                t0 = time.perf_counter()
+                lm.forward(piece, keep=1)
+                self.prefill_s += time.perf_counter() - t0
+                yield
+            t0 = time.perf_counter()
+            token = self._choose(lm.forward(last, keep=1)[-1])
+            self.prefill_s += time.perf_counter() - t0
+        except BaseException:
+            self.close()
+            raise
         self.busy_s += self.prefill_s
         return token
 

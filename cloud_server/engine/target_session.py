@@ -14,7 +14,8 @@ import torch
 
 from cloud_server.engine.batched import Segment
 from cloud_server.engine.early_exit import EarlyExitTarget
-from shared.attention import refill_pieces
+from cloud_server.engine.stepwise import Stepwise, drive
+from shared.attention import DEFAULT_PREFILL_CHUNK, refill_pieces
 from shared.errors import ProtocolError
 from shared.grammar import (
     GrammarCompiler,
@@ -62,6 +63,8 @@ class EngineLimits:
     max_prompt_tokens: int = 4096
     max_tokens: int = 2048
     max_window: int = 16
+    # Prompts longer than this are prefilled in chunks (`shared.attention.prompt_pieces`); None: never.
+    prefill_chunk_tokens: int | None = DEFAULT_PREFILL_CHUNK
 
 
 class TargetSession:
@@ -108,6 +111,11 @@ class TargetSession:
     def kv_bytes(self) -> int:
         return self.kv_cache.nbytes
 
+    @property
+    def _prefill_chunk(self) -> int | None:
+        # A VLM's prefill carries its images' placeholders and positions in one forward: never chunked.
+        return None if isinstance(self.kv_cache, VisionCachedLM) else self.limits.prefill_chunk_tokens
+
     def start(
         self,
         prompt_ids: Sequence[int],
@@ -118,7 +126,20 @@ class TargetSession:
         grammar: GrammarSpec | dict | None = None,
         images: Sequence[Any] = (),
     ) -> Started:
-        """Prefill the prompt and produce the target's first token.
+        """`start_stepwise` run to the end at once (in-process callers; the server runs it piece by piece)."""
+        return drive(self.start_stepwise(prompt_ids, sampling, max_tokens, stop, generated, grammar, images))
+
+    def start_stepwise(
+        self,
+        prompt_ids: Sequence[int],
+        sampling: SamplingParams,
+        max_tokens: int,
+        stop: Sequence[str] | None = None,
+        generated: int = 0,
+        grammar: GrammarSpec | dict | None = None,
+        images: Sequence[Any] = (),
+    ) -> Stepwise[Started]:
+        """Prefill the prompt and produce the target's first token, yielding between prefill chunks.
 
         `generated`: how many trailing prompt ids are output already (a restarted generation); the finish
         rules (`max_tokens`, stop strings) count them, and with `grammar` they were generated under it.
@@ -126,6 +147,7 @@ class TargetSession:
         one per image of the prompt, laid out by the model's processor) go into the prefill only.
         """
         t0 = time.perf_counter()
+        paused = 0.0
         prompt = [int(t) for t in prompt_ids]
         if not prompt:
             raise ProtocolError("bad_frame", "the prompt is empty")
@@ -155,11 +177,14 @@ class TargetSession:
         self.round = 0
         self.prompt_len = len(prompt) - generated
         try:
-            # A restart's generated tail goes in short pieces, as the generation first computed it, so the
-            # cache is bit-identical to the lost one's (shared.attention); a fresh prompt is one piece.
-            *head, last = refill_pieces(prompt, self.prompt_len)
+            # A long prompt goes in chunks and a restart's generated tail in short pieces, as the generation
+            # first computed it: the cache is bit-identical to a one-shot prefill's (shared.attention).
+            *head, last = refill_pieces(prompt, self.prompt_len, self._prefill_chunk)
             for piece in head:
                 self.kv_cache.forward(piece, keep=1)
+                t_pause = time.perf_counter()
+                yield  # other sessions' work may run here: not this session's time
+                paused += time.perf_counter() - t_pause
             logits = self.kv_cache.forward(last, keep=1)
             row = logits[-1] if matcher is None else apply_mask(logits[-1], matcher.allowed())
             token = pick_token(row, sampling, self.generator)
@@ -167,6 +192,9 @@ class TargetSession:
             # No generation in progress (a `start` begins from scratch, so sending it again is safe).
             self.close()
             raise ProtocolError("internal", "the prefill failed", retryable=True) from exc
+        except BaseException:  # closed between chunks (the client went away), or shutdown
+            self.close()
+            raise
         if matcher is not None:
             matcher.commit([token])
         self.committed = [*prompt, token]
@@ -175,7 +203,7 @@ class TargetSession:
         self.finish_reason = reason
         if self.finished:
             self.kv_cache.reset()
-        elapsed = time.perf_counter() - t0
+        elapsed = time.perf_counter() - t0 - paused
         self.busy_s += elapsed
         return Started(
             prompt_tokens=len(prompt),
@@ -234,7 +262,7 @@ class TargetSession:
             pending = self.kv_cache.sync(self.committed)
             if len(pending) > 1 and not self.kv_cache.ids:
                 # The cache was dropped by a rolled-back round: rebuild it in the generation's own pieces.
-                for piece in refill_pieces(self.committed[:-1], self.prompt_len):
+                for piece in refill_pieces(self.committed[:-1], self.prompt_len, self._prefill_chunk):
                     self.kv_cache.forward(piece, keep=1)
                 pending = self.committed[-1:]
         except BaseException as exc:
@@ -303,7 +331,12 @@ class TargetSession:
         )
 
     def restore(self, record) -> None:
-        """Continue a detached generation (a `sessions.DetachedRecord`): re-prefill its committed ids."""
+        """`restore_stepwise` run to the end at once."""
+        drive(self.restore_stepwise(record))
+
+    def restore_stepwise(self, record) -> Stepwise[None]:
+        """Continue a detached generation (a `sessions.DetachedRecord`): re-prefill its committed ids,
+        yielding between pieces."""
         self.kv_cache.reset()
         self.committed = list(record.committed)
         self.prompt_len = record.prompt_len
@@ -320,16 +353,24 @@ class TargetSession:
             self.generator.set_state(record.rng_state)
         self.grammar_spec = record.grammar
         self.grammar = self._grammar_matcher(record.grammar, self.generated)
-        t0 = time.perf_counter()
         if len(self.committed) > 1 and not self.finished:
             try:
                 # In the pieces the generation computed them: a bit-identical cache (shared.attention).
-                for piece in refill_pieces(self.committed[:-1], self.prompt_len):
+                *head, last = refill_pieces(self.committed[:-1], self.prompt_len, self._prefill_chunk)
+                for piece in head:
+                    t0 = time.perf_counter()
                     self.kv_cache.forward(piece, keep=1)
+                    self.busy_s += time.perf_counter() - t0
+                    yield
+                t0 = time.perf_counter()
+                self.kv_cache.forward(last, keep=1)
+                self.busy_s += time.perf_counter() - t0
             except Exception as exc:
                 self.close()
                 raise ProtocolError("internal", "re-prefilling the resumed session failed") from exc
-        self.busy_s += time.perf_counter() - t0
+            except BaseException:
+                self.close()
+                raise
 
     def close(self) -> None:
         """Free the KV cache (idempotent)."""

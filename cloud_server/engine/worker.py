@@ -3,7 +3,8 @@
 One thread owns the model, so the event loop never blocks on a forward pass. Verification windows and
 autoregressive steps of concurrent sessions go through `verify` / `step` and are batched into one forward
 per scheduler step; everything else (prefills, resumes, loading) goes through `run` and runs alone between
-steps.
+steps. A chunked prefill goes through `run_stepwise`: each chunk is its own call, queued behind the work
+that arrived meanwhile, so one long prompt delays another session's round by one chunk, not by the prompt.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import ParamSpec, TypeVar
 from cloud_server.engine.autoregressive import AutoregressiveGeneration
 from cloud_server.engine.batched import EXACT_BATCH_ROWS
 from cloud_server.engine.scheduler import Scheduler, StepWork, VerifyWork
+from cloud_server.engine.stepwise import Stepwise, advance
 from cloud_server.engine.target_session import EarlyCallback, TargetSession
 from shared.protocol import Draft, Verdict
 
@@ -74,6 +76,20 @@ class InferenceWorker:
         whoever cleans up after the caller never touches a session the worker is still using.
         """
         return await self._await(self._scheduler.submit_call(functools.partial(fn, *args, **kwargs)))
+
+    async def run_stepwise(self, steps: Stepwise[T]) -> T:
+        """Run a stepwise job (`engine.stepwise`) on the model's thread, one scheduler call per piece.
+
+        If the caller is cancelled or a piece fails, the generator is closed between pieces (never while the
+        worker runs it: `run` waits for a running piece), so its cleanup frees what it held.
+        """
+        try:
+            while True:
+                done, value = await self.run(advance, steps)
+                if done:
+                    return value  # type: ignore[return-value]
+        finally:
+            steps.close()
 
     async def verify(
         self,
