@@ -9,6 +9,12 @@ round-to-nearest) and multiplies with `aten._weight_int8pack_mm` (the kernel gpt
 Activations stay bfloat16 and every row of a window is computed on its own (no per-batch activation
 scale, unlike `torch.ao` dynamic quantisation, whose scale would make a window's logits depend on its
 later tokens and break window-vs-step exactness). The embedding stays bfloat16.
+
+`bfloat16` linear layers become `RowStableLinear`: oneDNN's bfloat16 GEMM gives each row the same bits
+whatever the row count, except for a single row, which some CPUs (AMD EPYC with AVX512-BF16, measured
+2026-12-02) send through a GEMV whose float32 reduction order differs; a one-token step's logits then
+differ from the same row's in a window, and near-ties flip. A one-row input is therefore fed as two
+(itself twice) and the first row kept: about 5 % on a step's GEMMs, and a step equals a window's row.
 """
 
 from __future__ import annotations
@@ -77,6 +83,27 @@ class Int8WeightLinear(nn.Module):
         return y if self.bias is None else y + self.bias
 
 
+class RowStableLinear(nn.Linear):
+    """`nn.Linear` whose one-row products go through the same GEMM kernel as many-row ones (module doc)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features)
+        if rows.shape[0] != 1:
+            return super().forward(x)
+        return super().forward(rows.expand(2, -1))[:1].reshape(*x.shape[:-1], self.out_features)
+
+
+def make_linears_row_stable(model: nn.Module) -> int:
+    """Turn every plain `nn.Linear` of `model` into a `RowStableLinear` in place (same parameters, same
+    state dict); returns how many."""
+    changed = 0
+    for module in model.modules():
+        if type(module) is nn.Linear:
+            module.__class__ = RowStableLinear
+            changed += 1
+    return changed
+
+
 def quantize_int8_weights(model: nn.Module) -> int:
     """Replace every `nn.Linear` of the decoder stack and the LM head in place; returns how many."""
     replaced = 0
@@ -107,6 +134,8 @@ def apply_precision(model, precision: str):
     model.to(activation_dtype(precision))
     if precision == "int8":
         quantize_int8_weights(model)
+    elif precision == "bfloat16":
+        make_linears_row_stable(model)
     if precision in ROW_WISE_PRECISIONS:
         from shared.attention import ROWWISE_ATTENTION
 

@@ -98,21 +98,6 @@ def test_a_chunked_prefill_equals_the_one_shot_prefill(precision):
         assert _same_cache(one, chunked), (precision, n, chunk)
 
 
-def test_chunks_of_rowwise_length_would_not_be_exact():
-    """Control: why chunks stay longer than ROWWISE_MAX_QUERIES. Fed in pieces short enough for the row-wise
-    path, a bf16 prompt is not bit-identical to its one-shot prefill somewhere (else the bound above would
-    be untested)."""
-    model = apply_precision(tiny_llama(0, vocab_size=VOCAB, hidden_size=64, layers=3), "bfloat16")
-    differs = []
-    for n in (70, 100):
-        prompt = _ids(n, seed=n)
-        _, one = _prefill(model, [prompt])
-        short = [prompt[i : i + ROWWISE_MAX_QUERIES] for i in range(0, n, ROWWISE_MAX_QUERIES)]
-        _, pieces = _prefill(model, short)
-        differs.append(not _same_cache(one, pieces))
-    assert any(differs)
-
-
 @pytest.mark.parametrize("precision", ["bfloat16", "stored"])
 def test_greedy_speculation_on_a_long_prompt_equals_generate(precision, unrelated_draft_model):
     target = tiny_llama(0, vocab_size=VOCAB, hidden_size=32, layers=4)
