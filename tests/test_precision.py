@@ -14,7 +14,13 @@ from cloud_server.engine import load_target
 from cloud_server.settings import ServerSettings
 from shared.attention import ROWWISE_ATTENTION, ROWWISE_MAX_QUERIES, refill_pieces
 from shared.kv import CachedLM
-from shared.precision import Int8WeightLinear, apply_precision, check_precision
+from shared.precision import (
+    Int8WeightLinear,
+    RowStableLinear,
+    apply_precision,
+    check_precision,
+    make_linears_row_stable,
+)
 from shared.tiny import save_tiny_pair, tiny_llama
 from tests.helpers import build_decoder, oracle_greedy, twin
 
@@ -40,6 +46,25 @@ def test_int8_linear_rows_are_independent_and_close_to_the_float_layer():
     assert torch.equal(together, one_by_one)
     reference = x.float() @ linear.weight.detach().T + linear.bias.detach()
     assert (together.float() - reference).abs().max() < 0.05 * reference.abs().max()
+
+
+def test_bf16_linear_rows_do_not_depend_on_the_row_count():
+    """SmolLM2's MLP down-projection shape, in bf16: each row of a 2..40-row product has the bits of the same
+    row fed alone. A plain `nn.Linear` fails this on some CPUs (a one-row product takes a GEMV)."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(1536, 576, bias=False).bfloat16()
+    state = {k: v.clone() for k, v in linear.state_dict().items()}
+    model = torch.nn.Sequential(linear)
+    assert make_linears_row_stable(model) == 1 and isinstance(linear, RowStableLinear)
+    assert all(torch.equal(state[k], v) for k, v in linear.state_dict().items())
+    for _ in range(10):
+        x = torch.randn(1, 40, 1536).bfloat16()
+        alone = torch.cat([linear(x[:, i : i + 1]) for i in range(40)], dim=1)
+        assert alone.shape == (1, 40, 576)
+        for rows in (2, 3, 5, 17, 33, 40):
+            assert torch.equal(linear(x[:, :rows]), alone[:, :rows]), rows
+    model = apply_precision(tiny_llama(0, vocab_size=64, hidden_size=32, layers=2), "bfloat16")
+    assert all(type(m) is not torch.nn.Linear for m in model.modules())
 
 
 @pytest.mark.parametrize("precision", ["bfloat16", "int8"])

@@ -31,6 +31,7 @@ async def replay_client(url: str, api_key: str, recording: dict[str, Any]) -> di
     sent = received = 0
     tokens = 0
     diverged: str | None = None
+    rounds: list[tuple[float, float]] = []  # (sent, verdict received), perf_counter seconds
     headers = {"Authorization": f"Bearer {api_key}"}
     async with connect(ws_url, additional_headers=headers, max_size=None, compression=None) as ws:
 
@@ -62,8 +63,10 @@ async def replay_client(url: str, api_key: str, recording: dict[str, Any]) -> di
         try:
             for step in recording["rounds"]:
                 await asyncio.sleep(step["think_s"])
+                t_sent = time.perf_counter()
                 await send(step["draft"])
                 verdict = await until("verdict", step["draft"]["round"])
+                rounds.append((t_sent, time.perf_counter()))
                 expected = step["verdict"]
                 if (verdict["accepted"], verdict["token"]) != (expected["accepted"], expected["token"]):
                     got = (verdict["accepted"], verdict["token"])
@@ -85,6 +88,7 @@ async def replay_client(url: str, api_key: str, recording: dict[str, Any]) -> di
         "bytes_up": sent,
         "bytes_down": received,
         "diverged": diverged,
+        "round_times": rounds,
     }
 
 
