@@ -69,7 +69,8 @@ def create_app(
             return JSONResponse({"status": "failed"}, status_code=503)
         if not state.ready:
             return JSONResponse({"status": "loading"}, status_code=503)
-        return JSONResponse({"status": "ok", "model": state.loaded.name, "exit_layers": exit_layers(state)})
+        body = {"status": "ok", "model": state.loaded.name, "exit_layers": exit_layers(state)}
+        return JSONResponse(body | {"server_id": state.server_id})
 
     @app.get("/metrics")
     async def metrics() -> Response:

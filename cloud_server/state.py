@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hmac
+import os
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,6 +72,9 @@ class ServerState:
     slots: set[Slot] = field(default_factory=set)
     # Set on SIGTERM: streams end with an error event and no new work is admitted.
     draining: bool = False
+    # Which server process (e.g. which replica of `eespec serve --ray`) answered: `welcome.server_id` and
+    # /health. "<pid>-<random>": the pid for an operator's `ps`, the suffix tells a restarted process apart.
+    server_id: str = field(default_factory=lambda: f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
     sessions: SessionStore = field(init=False)
 
     def __post_init__(self) -> None:

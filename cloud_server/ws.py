@@ -261,6 +261,7 @@ class Connection:
                 vocab_hash=loaded.vocab_hash,
                 exit_layers=self.exits if self.exits is not None else available,
                 limits=settings.limits(),
+                server_id=self.state.server_id,
             )
         )
 

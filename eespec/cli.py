@@ -300,6 +300,13 @@ def serve(
         str | None, typer.Option(help="torch device for the target, e.g. cuda (default cpu).")
     ] = None,
     dtype: Annotated[str | None, typer.Option(help=DTYPE_HELP + f" Default {DEFAULT_TARGET_DTYPE}.")] = None,
+    ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray", help='Serve N replicas on Ray Serve (pip install -e ".[ray]"; docs/capacity.md).'
+        ),
+    ] = False,
+    replicas: Annotated[int, typer.Option(min=1, help="Replicas with --ray, each its own target.")] = 2,
     log_level: str = "info",
 ) -> None:
     """Run the cloud server: /v1/speculate, OpenAI-compatible routes, /health, /metrics.
@@ -339,6 +346,14 @@ def serve(
         err.print(
             "[bold red]INSECURE:[/] --insecure-no-auth: every route and the websocket are open to anyone"
         )
+    if ray:
+        from cloud_server.ray_serve import serve_on_ray
+
+        try:
+            serve_on_ray(settings, replicas)
+        except (RuntimeError, ValueError) as exc:
+            _fail(str(exc))
+        return
     make_server(app_, settings, log_level=log_level).run()
 
 
@@ -615,6 +630,10 @@ def capacity(
     live_at: Annotated[int, typer.Option(min=0, help="Client count with one live client (0: none).")] = 8,
     budget: Annotated[int, typer.Option(min=1, help="Step token budget of the batched server.")] = 32,
     fifo_max_clients: Annotated[int, typer.Option(min=1, help="Largest client count for FIFO.")] = 8,
+    ray_replicas: Annotated[
+        int,
+        typer.Option(min=0, help='Also N Ray Serve replicas (`serve --ray`; the "ray" extra). 0: none.'),
+    ] = 0,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("benchmarks/results/capacity"),
 ) -> None:
     from eespec.bench.capacity import CapacityConfig, run_capacity
@@ -630,6 +649,7 @@ def capacity(
         fifo_max_clients=fifo_max_clients,
         repeats=repeats,
         live_at=live_at or None,
+        ray_replicas=ray_replicas,
         exits=",".join(map(str, DEFAULT_EXIT_LAYERS)),
         out=out,
     )

@@ -38,9 +38,11 @@ class ServerProcess:
         threads: int = 1,
         core: int | None = None,
         dtype: str | None = None,
+        ray_replicas: int | None = None,
     ) -> None:
         self.target = target
         self.dtype = dtype
+        self.ray_replicas = ray_replicas  # `eespec serve --ray --replicas N`
         self.port = port or free_port()
         self.api_key = api_key or secrets.token_hex(16)
         self.exits = exits
@@ -59,6 +61,8 @@ class ServerProcess:
             command += ["--exits", self.exits]
         if self.dtype is not None:
             command += ["--dtype", self.dtype]
+        if self.ray_replicas is not None:
+            command += ["--ray", "--replicas", str(self.ray_replicas)]
         # The key travels in the environment, not on argv (which every user can read in `ps`).
         env = {**os.environ, "EESPEC_API_KEY": self.api_key}
         core = self.core
@@ -66,12 +70,16 @@ class ServerProcess:
             command, env=env, preexec_fn=(lambda: pin_to_core(core)) if core is not None else None
         )
         deadline = time.monotonic() + timeout
+        ready: set[str] = set()  # server ids that answered ok (with --ray: every replica, each loads alone)
         while True:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the server exited with code {self.process.returncode}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return self
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                health = httpx.get(self.url + "/health", timeout=2)
+                if health.status_code == 200:
+                    ready.add(str(health.json().get("server_id")))
+                    if len(ready) >= (self.ray_replicas or 1):
+                        return self
             if time.monotonic() > deadline:
                 self.kill()
                 raise RuntimeError(f"the server was not ready after {timeout:.0f} s")

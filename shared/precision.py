@@ -35,7 +35,8 @@ SERVING_DEFAULTS: dict[str, str] = {"smollm2-135m-instruct": "bfloat16"}
 
 # Precisions served with row-wise attention (shared.attention): in bfloat16 a window's logits must equal
 # one-token steps' bit for bit, or near-ties flip (with SDPA, 3 of 9 real-model generations differed from
-# generate()). bfloat16 GEMMs compute each row on its own on the CPUs measured (AMX / AVX512-BF16);
+# generate()). bfloat16 GEMMs compute each row on its own on the CPUs measured (AMX / AVX512-BF16) once a
+# one-row product is fed as two (`RowStableLinear`);
 # float32 ones do not, but float32 differences are far below its argmax margins (the float32 path is
 # unchanged, SDPA, as before).
 ROW_WISE_PRECISIONS = frozenset({"bfloat16", "int8"})

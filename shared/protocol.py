@@ -64,6 +64,8 @@ class Welcome(_Message):
     vocab_hash: str
     exit_layers: list[int]
     limits: Limits
+    # Extension: which server answered (a replica of `eespec serve --ray`); None from older servers.
+    server_id: str | None = None
 
 
 class ChatMessage(_Message):

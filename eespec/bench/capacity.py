@@ -51,6 +51,9 @@ class CapacityConfig:
     repeats: int = 1
     live_at: int | None = 8
     slo: float = 1.5
+    # > 0: also a Ray Serve deployment of this many replicas (`eespec serve --ray`), with the batched budget,
+    # pinned to the same server core: what Ray's proxy and splitting the sessions cost, on equal hardware.
+    ray_replicas: int = 0
     out: Path = Path("benchmarks/results/capacity")
 
 
@@ -145,13 +148,15 @@ async def _measure_server(
 
 
 @contextlib.contextmanager
-def _server(cfg: CapacityConfig, budget: int):
+def _server(cfg: CapacityConfig, budget: int, replicas: int | None = None):
     from eespec.processes import ServerProcess
 
     previous = os.environ.get("EESPEC_STEP_TOKEN_BUDGET")
     os.environ["EESPEC_STEP_TOKEN_BUDGET"] = str(budget)
     try:
-        server = ServerProcess(cfg.target, exits=cfg.exits, threads=1, core=0, dtype=cfg.dtype)
+        server = ServerProcess(
+            cfg.target, exits=cfg.exits, threads=1, core=0, dtype=cfg.dtype, ray_replicas=replicas
+        )
         server.start(timeout=900)  # a loaded 2-core machine can take minutes to load the model
     finally:
         if previous is None:
@@ -186,8 +191,12 @@ def run_capacity(cfg: CapacityConfig, log=print) -> dict[str, Any]:
     load_before = os.getloadavg()
     recordings: list[dict[str, Any]] | None = None
     rows: list[dict[str, Any]] = []
-    for name, budget in cfg.servers.items():
-        with _server(cfg, budget) as server:
+    servers = dict(cfg.servers)
+    if cfg.ray_replicas:
+        servers[ray_server_name(cfg.ray_replicas)] = max(cfg.servers.values())
+    for name, budget in servers.items():
+        replicas = cfg.ray_replicas if name == ray_server_name(cfg.ray_replicas) else None
+        with _server(cfg, budget, replicas) as server:
             if recordings is None:
                 recording = _record(server.url, server.api_key, engine, tokenizer, prompt_ids, cfg)
                 recordings = asyncio.run(recording)
@@ -198,7 +207,7 @@ def run_capacity(cfg: CapacityConfig, log=print) -> dict[str, Any]:
             )
     assert recordings is not None
     summary = {}
-    for name in cfg.servers:
+    for name in servers:
         mine = [r for r in rows if r["server"] == name]
         by_n = {r["clients"]: r for r in mine}
         entry: dict[str, Any] = {"served_at_slo": served_at_slo(mine, cfg.slo)}
@@ -228,12 +237,17 @@ def run_capacity(cfg: CapacityConfig, log=print) -> dict[str, Any]:
     return report
 
 
+def ray_server_name(replicas: int) -> str:
+    return f"ray-{replicas}"
+
+
 def command_line(cfg: CapacityConfig) -> str:
     clients = ",".join(map(str, cfg.clients))
+    ray = f" --ray-replicas {cfg.ray_replicas}" if cfg.ray_replicas else ""
     return (
         f"eespec capacity --workload {cfg.workload} --prompts {cfg.prompts} --max-tokens {cfg.max_tokens} "
         f"--window {cfg.window} --clients {clients} --fifo-max-clients {cfg.fifo_max_clients} "
-        f"--repeats {cfg.repeats}"
+        f"--repeats {cfg.repeats}{ray}"
     )
 
 
@@ -278,7 +292,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for name in report["config"]["servers"]:
+    for name in dict.fromkeys(r["server"] for r in report["rows"]):
         rows = [r for r in report["rows"] if r["server"] == name]
         xs = [r["clients"] for r in rows]
         left.plot(xs, [r["aggregate_tokens_per_s"] for r in rows], marker="o", label=name)
