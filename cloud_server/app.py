@@ -36,8 +36,7 @@ def create_app(
     Secure by default: without an API key it refuses to exist unless `settings.insecure_no_auth`.
     """
     settings = settings or ServerSettings()
-    if not settings.api_key and not settings.insecure_no_auth:
-        raise InsecureConfig("no API key: give --api-key (or EESPEC_API_KEY), or --insecure-no-auth")
+    check_secure(settings)
     if not settings.api_key:
         log.warning("INSECURE: --insecure-no-auth: every route, the websocket included, is open to anyone")
     state = ServerState(settings=settings, loaded=loaded)
@@ -100,6 +99,12 @@ def create_app(
 
 class InsecureConfig(ValueError):
     """The server would start with every route open and nobody asked for that."""
+
+
+def check_secure(settings: ServerSettings) -> None:
+    """Raise `InsecureConfig` unless the settings hold a key or say `insecure_no_auth`."""
+    if not settings.api_key and not settings.insecure_no_auth:
+        raise InsecureConfig("no API key: give --api-key (or EESPEC_API_KEY), or --insecure-no-auth")
 
 
 class ApiKeyMiddleware:

@@ -46,6 +46,11 @@ class ServerMetrics:
             "model loading)",
             registry=r,
         )
+        # Which server process these figures are from: a client that reaches several replicas through one
+        # proxy (`eespec serve --ray`) tells their scrapes apart by it (`eespec.bench.modes.scrape_busy_s`).
+        self.server_info = Gauge(
+            "eespec_server_info", "Always 1; labelled by server_id", ["server_id"], registry=r
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

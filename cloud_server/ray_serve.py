@@ -70,8 +70,8 @@ def deployment(settings: ServerSettings, replicas: int):
     return replica.bind(settings.model_dump(mode="json"))
 
 
-def serve_on_ray(settings: ServerSettings, replicas: int, *, ready: threading.Event | None = None) -> None:
-    """Run the deployment until SIGTERM / SIGINT (or `stop()` from another thread), then shut Ray down."""
+def serve_on_ray(settings: ServerSettings, replicas: int) -> None:
+    """Run the deployment until SIGTERM / SIGINT, then shut Serve and Ray down."""
     if settings.ssl_certfile or settings.ssl_keyfile:
         raise ValueError("--ray does not serve TLS: terminate TLS in front of Ray's proxy (docs/deploy.md)")
     ray, serve = _ray_serve()
@@ -84,9 +84,8 @@ def serve_on_ray(settings: ServerSettings, replicas: int, *, ready: threading.Ev
         serve.start(http_options={"host": settings.host, "port": settings.port})
         serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
         log.info("serving %d replica(s) on http://%s:%d", replicas, settings.host, settings.port)
-        if ready is not None:
-            ready.set()
-        stop.wait()
+        while not stop.wait(0.5):  # a timed wait, so the signal handler runs promptly
+            pass
     finally:
         serve.shutdown()
         ray.shutdown()

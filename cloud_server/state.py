@@ -78,6 +78,7 @@ class ServerState:
     sessions: SessionStore = field(init=False)
 
     def __post_init__(self) -> None:
+        self.metrics.server_info.labels(server_id=self.server_id).set(1)
         self.sessions = SessionStore(
             max_sessions=self.settings.max_sessions,
             ttl_s=self.settings.ttl_s,

@@ -318,7 +318,7 @@ def serve(
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from cloud_server.app import InsecureConfig, create_app
+    from cloud_server.app import InsecureConfig, check_secure, create_app
     from cloud_server.serving import make_server
     from cloud_server.settings import ServerSettings
 
@@ -339,14 +339,14 @@ def serve(
     overrides = {key: value for key, value in given.items() if value is not None}
     settings = ServerSettings(**overrides)
     try:
-        app_ = create_app(settings)
+        check_secure(settings)
     except InsecureConfig as exc:
         _fail(f"{exc} (docs/deploy.md)")
     if not settings.api_key:
         err.print(
             "[bold red]INSECURE:[/] --insecure-no-auth: every route and the websocket are open to anyone"
         )
-    if ray:
+    if ray:  # each replica builds its own app (cloud_server.ray_serve)
         from cloud_server.ray_serve import serve_on_ray
 
         try:
@@ -354,7 +354,7 @@ def serve(
         except (RuntimeError, ValueError) as exc:
             _fail(str(exc))
         return
-    make_server(app_, settings, log_level=log_level).run()
+    make_server(create_app(settings), settings, log_level=log_level).run()
 
 
 @app.command(

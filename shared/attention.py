@@ -20,6 +20,7 @@ Registered with transformers' `AttentionInterface` under `ROWWISE_ATTENTION`; th
 from __future__ import annotations
 
 import itertools
+from typing import NamedTuple
 
 import torch
 from transformers import AttentionInterface
@@ -29,6 +30,8 @@ from transformers.models.llama.modeling_llama import eager_attention_forward
 ROWWISE_ATTENTION = "eespec_rowwise"
 # Forwards of at most this many new tokens run row by row (windows, steps); longer ones (prefills) batched.
 ROWWISE_MAX_QUERIES = 32
+# Forward kwarg of a prefill chunk: the one-shot prefill's length, to which its keys are padded (`_pad_keys`).
+KEYS_TO = "eespec_keys_to"
 
 
 def rowwise_attention_forward(
@@ -41,11 +44,14 @@ def rowwise_attention_forward(
     dropout: float = 0.0,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
+    keys_to = kwargs.pop(KEYS_TO, None)
     packed = kwargs.pop("packed_attention", None)
     if packed is not None:  # a batched forward of many sessions (cloud_server.engine.batched)
         return packed.attend(module, query, scaling, dropout, **kwargs)
     q_len, kv_len = query.shape[2], key.shape[2]
     if q_len > ROWWISE_MAX_QUERIES:
+        if keys_to is not None and keys_to > kv_len:
+            key, value, attention_mask = _pad_keys(key, value, attention_mask, keys_to)
         out, _ = eager_attention_forward(
             module, query, key, value, attention_mask, scaling, dropout, **kwargs
         )
@@ -66,6 +72,24 @@ def rowwise_attention_forward(
         )
         rows.append(out)
     return torch.cat(rows, dim=1), None
+
+
+def _pad_keys(key, value, attention_mask, keys_to: int):
+    """Keys and values padded with zeros to `keys_to`, masked out: a prefill chunk then runs the very
+    products (same key length, same reductions) its rows run inside the one-shot prefill of `keys_to`
+    tokens, where the keys past the chunk are real but masked. Masked scores are the mask's minimum either
+    way, their probabilities 0, and 0 · value adds nothing."""
+    pad = keys_to - key.shape[2]
+    key = torch.cat([key, key.new_zeros(*key.shape[:2], pad, key.shape[3])], dim=2)
+    value = torch.cat([value, value.new_zeros(*value.shape[:2], pad, value.shape[3])], dim=2)
+    if attention_mask is None:
+        raise ValueError("a padded prefill chunk needs the causal mask")
+    mask = attention_mask[..., : keys_to - pad]
+    if mask.dtype == torch.bool:
+        filler = mask.new_zeros(*mask.shape[:3], pad)
+    else:
+        filler = mask.new_full((*mask.shape[:3], pad), torch.finfo(mask.dtype).min)
+    return key, value, torch.cat([mask, filler], dim=-1)
 
 
 # A prompt longer than this is prefilled in chunks, one scheduler call each, so that other sessions'
@@ -97,6 +121,24 @@ def refill_pieces(
     rest = ids[prompt_len:]
     chunks = [rest[i : i + ROWWISE_MAX_QUERIES] for i in range(0, len(rest), ROWWISE_MAX_QUERIES)]
     return [piece for piece in [*prompt_pieces(ids[:prompt_len], chunk_tokens), *chunks] if piece]
+
+
+class Piece(NamedTuple):
+    """One forward of a (re-)prefill: its ids, and the `keys_to` it is fed with (`CachedLM.forward`)."""
+
+    ids: list[int]
+    keys_to: int | None
+
+
+def prefill_plan(
+    ids: list[int], prompt_len: int, chunk_tokens: int | None = DEFAULT_PREFILL_CHUNK
+) -> list[Piece]:
+    """`refill_pieces`, each with its `keys_to`: the prompt's length for every chunk of a prompt fed in more
+    than one chunk (so each chunk attends as inside the one-shot prefill, `_pad_keys`), else None."""
+    pieces = refill_pieces(ids, prompt_len, chunk_tokens)
+    chunks = len(prompt_pieces(ids[:prompt_len], chunk_tokens))
+    keys_to = prompt_len if chunks > 1 else None
+    return [Piece(piece, keys_to if i < chunks else None) for i, piece in enumerate(pieces)]
 
 
 AttentionInterface.register(ROWWISE_ATTENTION, rowwise_attention_forward)

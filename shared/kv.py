@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from shared.attention import KEYS_TO
+
 
 class CachedLM:
     """One sequence's KV cache over a model, with rollback by `DynamicCache.crop`.
@@ -23,15 +25,21 @@ class CachedLM:
     def device(self) -> torch.device:
         return self.model.device
 
-    def forward(self, new_ids: Sequence[int], keep: int = 1) -> torch.Tensor:
-        """Run `new_ids` on top of the cache; logits of the last `keep` positions, [keep, V]."""
+    def forward(self, new_ids: Sequence[int], keep: int = 1, keys_to: int | None = None) -> torch.Tensor:
+        """Run `new_ids` on top of the cache; logits of the last `keep` positions, [keep, V].
+
+        `keys_to`: a chunk of a prompt prefilled in chunks passes the whole prompt's length, so that its
+        attention runs as the one-shot prefill's does (`shared.attention`, row-wise attention only)."""
         if not new_ids:
             raise ValueError("forward needs at least one new token")
         if keep < 1 or keep > len(new_ids):
             raise ValueError(f"keep must be in 1..{len(new_ids)}")
         input_ids = torch.tensor([list(new_ids)], dtype=torch.long, device=self.device)
         with torch.inference_mode():
-            out = self.model(input_ids=input_ids, cache=self.cache, use_cache=True, logits_to_keep=keep)
+            extra = {} if keys_to is None else {KEYS_TO: keys_to}
+            out = self.model(
+                input_ids=input_ids, cache=self.cache, use_cache=True, logits_to_keep=keep, **extra
+            )
         self.ids.extend(int(t) for t in new_ids)
         return out.logits[0]
 

@@ -186,7 +186,9 @@ class VisionCachedLM(CachedLM):
         if length == 0:
             self.reset()
 
-    def forward(self, new_ids: Sequence[int], keep: int = 1) -> torch.Tensor:
+    def forward(self, new_ids: Sequence[int], keep: int = 1, keys_to: int | None = None) -> torch.Tensor:
+        if keys_to is not None:  # a VLM's prefill is one forward (its image positions): never chunked
+            raise ValueError("a VLM's prefill is never chunked")
         if not new_ids:
             raise ValueError("forward needs at least one new token")
         if keep < 1 or keep > len(new_ids):

@@ -130,3 +130,43 @@ def test_the_capacity_report_counts_clients_served_at_the_slo(tmp_path):
     assert "| batched | 8 | 80.0 |" in markdown(report)
     plot(report, tmp_path / "c.png")
     assert (tmp_path / "c.png").stat().st_size > 1000
+
+
+def test_busy_seconds_behind_a_proxy_are_summed_over_every_replica():
+    """`eespec capacity --ray-replicas`: each /metrics scrape reaches one replica; the cost figure is the sum
+    of every replica's busy seconds, each counted once, told apart by `eespec_server_info{server_id}`."""
+    from cloud_server.prometheus_metrics import ServerMetrics
+    from eespec.bench.modes import scrape_busy_s
+
+    replicas = []
+    for server_id, busy in (("101-a", 1.5), ("102-b", 2.25)):
+        metrics = ServerMetrics()
+        metrics.server_info.labels(server_id=server_id).set(1)
+        metrics.busy_seconds.inc(busy)
+        replicas.append(metrics.render())
+    answered = []
+
+    def route(request: httpx.Request) -> httpx.Response:
+        # The proxy keeps picking the first replica for a while, then the second.
+        index = 0 if len(answered) < 3 else 1
+        answered.append(index)
+        return httpx.Response(200, content=replicas[index])
+
+    async def main():
+        async with httpx.AsyncClient(transport=httpx.MockTransport(route)) as http:
+            return (
+                await scrape_busy_s(http, "http://proxy", KEY, replicas=2),
+                await scrape_busy_s(http, "http://proxy", KEY),
+            )
+
+    both, one = asyncio.run(main())
+    assert both == 3.75 and answered[:4] == [0, 0, 0, 1]
+    assert one == 2.25  # one replica: the first answer
+
+    async def never_the_second():
+        transport = httpx.MockTransport(lambda _: httpx.Response(200, content=replicas[0]))
+        async with httpx.AsyncClient(transport=transport) as http:
+            await scrape_busy_s(http, "http://proxy", KEY, replicas=2)
+
+    with pytest.raises(RuntimeError, match="1 of 2 replicas"):
+        asyncio.run(never_the_second())

@@ -29,10 +29,12 @@ def _ids(n: int, seed: int = 0, vocab: int = VOCAB) -> list[int]:
 
 
 def _prefill(model, pieces: list[list[int]]) -> tuple[torch.Tensor, CachedLM]:
+    """Feed `pieces` (the prompt's chunks) as the engine does: each attending to the whole prompt's keys."""
     cache = CachedLM(model)
     logits = None
+    total = sum(map(len, pieces))
     for piece in pieces:
-        logits = cache.forward(piece, keep=1)
+        logits = cache.forward(piece, keep=1, keys_to=total if len(pieces) > 1 else None)
     return logits, cache
 
 
@@ -98,6 +100,37 @@ def test_a_chunked_prefill_equals_the_one_shot_prefill(precision):
         assert _same_cache(one, chunked), (precision, n, chunk)
 
 
+@pytest.mark.slow
+def test_the_real_target_prefilled_in_chunks_equals_its_one_shot_prefill_and_generate():
+    """SmolLM2-135M-Instruct as served (bf16, row-wise attention): a 1200-token prompt (a workload's code
+    prompts, repeated) in the server's default 256-token chunks gives the one-shot prefill's keys, values and
+    logits bit for bit, and a session started on it with chunking continues exactly as `generate()` does."""
+    from shared.defaults import DEFAULT_TARGET
+    from shared.precision import load_in_precision
+    from shared.workloads import load_workload
+
+    torch.set_num_threads(1)
+    model, tokenizer = load_in_precision(DEFAULT_TARGET, "auto")
+    workload = load_workload("code")
+    text = "\n\n".join(workload.prompts * 40)
+    prompt = tokenizer(text).input_ids[:1200]
+    assert len(prompt) == 1200
+    one_logits, one = _prefill(model, [prompt])
+    chunked_logits, chunked = _prefill(model, prompt_pieces(prompt, ServerSettings().prefill_chunk_tokens))
+    assert torch.equal(one_logits, chunked_logits)
+    assert _same_cache(one, chunked)
+    del one, chunked
+    eos = model.generation_config.eos_token_id
+    eos = eos if isinstance(eos, int) else eos[0]
+    reference = oracle_greedy(model, prompt, 12, eos=eos)
+    limits = EngineLimits(prefill_chunk_tokens=256)
+    session = TargetSession(EarlyExitTarget(model), eos_ids=[eos], limits=limits)
+    session.start(prompt, SamplingParams(), max_tokens=12)
+    while not session.finished:  # one-token windows of a token the target never picks: steps, in effect
+        session.verify(Draft(round=session.round + 1, pos=len(session.committed), tokens=[0]))
+    assert session.committed[len(prompt) :] == reference
+
+
 @pytest.mark.parametrize("precision", ["bfloat16", "stored"])
 def test_greedy_speculation_on_a_long_prompt_equals_generate(precision, unrelated_draft_model):
     target = tiny_llama(0, vocab_size=VOCAB, hidden_size=32, layers=4)
@@ -122,11 +155,11 @@ class _RecordingCache(CachedLM):
         self.log, self.name = log, name
         self.on_forward = None
 
-    def forward(self, new_ids, keep=1):
+    def forward(self, new_ids, keep=1, keys_to=None):
         self.log.append((self.name, len(new_ids)))
         if self.on_forward is not None:
             self.on_forward()
-        return super().forward(new_ids, keep)
+        return super().forward(new_ids, keep, keys_to)
 
 
 def _session(model, log, name: str, chunk: int | None) -> TargetSession:

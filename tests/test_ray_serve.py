@@ -177,3 +177,18 @@ def test_ray_refuses_tls_and_bad_replica_counts(pair):
     assert tls.returncode == 2 and "--ray does not serve TLS" in tls.stderr
     zero = subprocess.run([*base, "--replicas", "0"], env=env, capture_output=True, text=True)
     assert zero.returncode == 2 and "replicas" in zero.stderr
+
+
+def test_sigterm_shuts_serve_and_ray_down(ray_server):
+    """Last in this module (it stops the shared server): SIGTERM ends the command cleanly, and the Ray
+    processes it started (replicas, proxy, controller) go with it."""
+    import psutil
+
+    process = ray_server.process
+    assert process is not None and process.poll() is None
+    children = psutil.Process(process.pid).children(recursive=True)
+    assert any("ServeReplica" in " ".join(c.cmdline()) for c in children if c.is_running())
+    process.terminate()
+    assert process.wait(timeout=60) == 0
+    _, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, [" ".join(p.cmdline())[:80] for p in alive]

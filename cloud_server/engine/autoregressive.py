@@ -14,7 +14,7 @@ import torch
 from cloud_server.engine.batched import Segment
 from cloud_server.engine.loading import LoadedTarget
 from cloud_server.engine.stepwise import Stepwise, drive
-from shared.attention import DEFAULT_PREFILL_CHUNK, prompt_pieces
+from shared.attention import DEFAULT_PREFILL_CHUNK, prefill_plan
 from shared.grammar import GrammarMatcher, apply_mask
 from shared.kv import CachedLM
 from shared.sampling import SamplingParams
@@ -79,7 +79,7 @@ class AutoregressiveGeneration:
         self, prompt_ids: Sequence[int], images: VisionInputs | None = None
     ) -> Stepwise[int]:
         """Run the prompt (with a VLM's processed `images`) and return the first generated token, yielding
-        between prefill chunks (`shared.attention.prompt_pieces`: bit-identical to a one-shot prefill)."""
+        between prefill chunks (`shared.attention.prefill_plan`: bit-identical to a one-shot prefill)."""
         if self._lm is not None or self.generated or self._closed:
             raise RuntimeError("prefill runs once, on a fresh generation")
         prompt = [int(t) for t in prompt_ids]
@@ -94,15 +94,15 @@ class AutoregressiveGeneration:
         self.prompt_ids = prompt
         # A VLM's prefill carries its images' placeholders and positions in one forward: never chunked.
         chunk = None if isinstance(lm, VisionCachedLM) else self._prefill_chunk
-        *head, last = prompt_pieces(prompt, chunk)
+        *head, last = prefill_plan(prompt, len(prompt), chunk)
         try:
             for piece in head:
                 t0 = time.perf_counter()
-                lm.forward(piece, keep=1)
+                lm.forward(piece.ids, keep=1, keys_to=piece.keys_to)
                 self.prefill_s += time.perf_counter() - t0
                 yield
             t0 = time.perf_counter()
-            token = self._choose(lm.forward(last, keep=1)[-1])
+            token = self._choose(lm.forward(last.ids, keep=1, keys_to=last.keys_to)[-1])
             self.prefill_s += time.perf_counter() - t0
         except BaseException:
             self.close()

@@ -15,7 +15,7 @@ import torch
 from cloud_server.engine.batched import Segment
 from cloud_server.engine.early_exit import EarlyExitTarget
 from cloud_server.engine.stepwise import Stepwise, drive
-from shared.attention import DEFAULT_PREFILL_CHUNK, refill_pieces
+from shared.attention import DEFAULT_PREFILL_CHUNK, prefill_plan
 from shared.errors import ProtocolError
 from shared.grammar import (
     GrammarCompiler,
@@ -179,13 +179,13 @@ class TargetSession:
         try:
             # A long prompt goes in chunks and a restart's generated tail in short pieces, as the generation
             # first computed it: the cache is bit-identical to a one-shot prefill's (shared.attention).
-            *head, last = refill_pieces(prompt, self.prompt_len, self._prefill_chunk)
+            *head, last = prefill_plan(prompt, self.prompt_len, self._prefill_chunk)
             for piece in head:
-                self.kv_cache.forward(piece, keep=1)
+                self.kv_cache.forward(piece.ids, keep=1, keys_to=piece.keys_to)
                 t_pause = time.perf_counter()
                 yield  # other sessions' work may run here: not this session's time
                 paused += time.perf_counter() - t_pause
-            logits = self.kv_cache.forward(last, keep=1)
+            logits = self.kv_cache.forward(last.ids, keep=1, keys_to=last.keys_to)
             row = logits[-1] if matcher is None else apply_mask(logits[-1], matcher.allowed())
             token = pick_token(row, sampling, self.generator)
         except Exception as exc:
@@ -262,8 +262,8 @@ class TargetSession:
             pending = self.kv_cache.sync(self.committed)
             if len(pending) > 1 and not self.kv_cache.ids:
                 # The cache was dropped by a rolled-back round: rebuild it in the generation's own pieces.
-                for piece in refill_pieces(self.committed[:-1], self.prompt_len, self._prefill_chunk):
-                    self.kv_cache.forward(piece, keep=1)
+                for piece in prefill_plan(self.committed[:-1], self.prompt_len, self._prefill_chunk):
+                    self.kv_cache.forward(piece.ids, keep=1, keys_to=piece.keys_to)
                 pending = self.committed[-1:]
         except BaseException as exc:
             self._roll_back(rng_state)
@@ -356,14 +356,14 @@ class TargetSession:
         if len(self.committed) > 1 and not self.finished:
             try:
                 # In the pieces the generation computed them: a bit-identical cache (shared.attention).
-                *head, last = refill_pieces(self.committed[:-1], self.prompt_len, self._prefill_chunk)
+                *head, last = prefill_plan(self.committed[:-1], self.prompt_len, self._prefill_chunk)
                 for piece in head:
                     t0 = time.perf_counter()
-                    self.kv_cache.forward(piece, keep=1)
+                    self.kv_cache.forward(piece.ids, keep=1, keys_to=piece.keys_to)
                     self.busy_s += time.perf_counter() - t0
                     yield
                 t0 = time.perf_counter()
-                self.kv_cache.forward(last, keep=1)
+                self.kv_cache.forward(last.ids, keep=1, keys_to=last.keys_to)
                 self.busy_s += time.perf_counter() - t0
             except Exception as exc:
                 self.close()

@@ -97,7 +97,16 @@ async def _record(url: str, key: str, engine, tokenizer, prompt_ids, cfg: Capaci
 
 
 async def _measure_server(
-    name: str, url: str, key: str, recordings, engine, tokenizer, prompt_ids, cfg: CapacityConfig, log
+    name: str,
+    url: str,
+    key: str,
+    recordings,
+    engine,
+    tokenizer,
+    prompt_ids,
+    cfg: CapacityConfig,
+    log,
+    replicas: int = 1,
 ) -> list[dict[str, Any]]:
     import httpx
 
@@ -110,9 +119,9 @@ async def _measure_server(
         for n in counts:
             aggregate, busy, runs = [], [], []
             for _ in range(cfg.repeats):
-                busy0 = await scrape_busy_s(http, url, key)
+                busy0 = await scrape_busy_s(http, url, key, replicas)
                 result = await capacity_pass(url, key, recordings, n)
-                busy1 = await scrape_busy_s(http, url, key)
+                busy1 = await scrape_busy_s(http, url, key, replicas)
                 aggregate.append(result["tokens"] / result["wall_s"])
                 busy.append((busy1 - busy0) / result["tokens"])
                 runs.extend(result["runs"])
@@ -202,7 +211,16 @@ def run_capacity(cfg: CapacityConfig, log=print) -> dict[str, Any]:
                 recordings = asyncio.run(recording)
             rows += asyncio.run(
                 _measure_server(
-                    name, server.url, server.api_key, recordings, engine, tokenizer, prompt_ids, cfg, log
+                    name,
+                    server.url,
+                    server.api_key,
+                    recordings,
+                    engine,
+                    tokenizer,
+                    prompt_ids,
+                    cfg,
+                    log,
+                    replicas or 1,
                 )
             )
     assert recordings is not None

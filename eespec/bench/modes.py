@@ -39,14 +39,26 @@ def sampling_params(raw: dict[str, Any] | None) -> SamplingParams:
     )
 
 
-async def scrape_busy_s(http: httpx.AsyncClient, server_url: str, api_key: str) -> float:
-    """The server's eespec_busy_seconds_total (model time of its inference worker)."""
-    response = await http.get(server_url + "/metrics", headers={"Authorization": f"Bearer {api_key}"})
-    response.raise_for_status()
-    for family in text_string_to_metric_families(response.text):
-        if family.name == BUSY_METRIC:
-            return sum(s.value for s in family.samples if s.name.endswith("_total"))
-    raise RuntimeError("the server exports no eespec_busy_seconds_total (an older server?)")
+async def scrape_busy_s(http: httpx.AsyncClient, server_url: str, api_key: str, replicas: int = 1) -> float:
+    """The server's eespec_busy_seconds_total (model time of its inference worker). Behind one proxy with
+    `replicas` replicas (`eespec serve --ray`), each scrape reaches one of them: scrape until every replica
+    (told apart by `eespec_server_info{server_id}`) has answered, and sum theirs. Call it while idle."""
+    seen: dict[str | None, float] = {}
+    for _ in range(50 * replicas):
+        response = await http.get(server_url + "/metrics", headers={"Authorization": f"Bearer {api_key}"})
+        response.raise_for_status()
+        busy, server_id = None, None
+        for family in text_string_to_metric_families(response.text):
+            if family.name == BUSY_METRIC:
+                busy = sum(s.value for s in family.samples if s.name.endswith("_total"))
+            elif family.name == "eespec_server_info":
+                server_id = next((s.labels.get("server_id") for s in family.samples), None)
+        if busy is None:
+            raise RuntimeError("the server exports no eespec_busy_seconds_total (an older server?)")
+        seen[server_id] = busy
+        if len(seen) >= replicas:
+            return sum(seen.values())
+    raise RuntimeError(f"{len(seen)} of {replicas} replicas answered /metrics in {50 * replicas} scrapes")
 
 
 # -- cloud-ar: the server's OpenAI route, streamed ------------------------------------------------------
