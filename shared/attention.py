@@ -8,11 +8,13 @@ rows share one QKᵀ / softmax / PV product over the longest key length, and the
 depends on that length. Here each query row i of a short forward attends to exactly its own keys
 [: kv_len − q_len + i + 1] through transformers' own eager attention, with the same shapes a one-token step
 has, so the result is bit-identical. Long forwards (prefills) run batched through eager attention, and so does
-each chunk of a chunked prefill: on the CPUs measured, a prompt fed in chunks of more than
-`ROWWISE_MAX_QUERIES` rows gives the very keys, values and logits of the one-shot prefill `generate()`
-runs (tests/test_prefill_chunks.py checks it bit for bit, in bf16, on tiny and real models), because
-every row of such a chunk goes through the same kernels the one-shot prefill uses for it. `prompt_pieces`
-never makes a chunk that short; `TargetSession.restore` re-prefills in the same pieces.
+each chunk of a chunked prefill: a prompt fed in chunks of more than `ROWWISE_MAX_QUERIES` rows, each chunk
+attending to the whole prompt's key length (keys past it padded and masked, `_pad_keys`, `prefill_plan`),
+gives the very keys, values and logits of the one-shot prefill `generate()` runs (tests/test_prefill_chunks.py
+checks it bit for bit, in bf16, on tiny and real models), because every row of such a chunk goes through
+the same kernels, with the same reduction lengths, as in the one-shot prefill. Without the padding the PV
+product's reduction over a shorter key length rounds differently on some CPUs (AMD EPYC, measured).
+`prompt_pieces` never makes a chunk that short; `TargetSession.restore` re-prefills in the same pieces.
 
 Registered with transformers' `AttentionInterface` under `ROWWISE_ATTENTION`; the mask is eager's.
 """
