@@ -39,10 +39,12 @@ class ServerProcess:
         core: int | None = None,
         dtype: str | None = None,
         ray_replicas: int | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.target = target
         self.dtype = dtype
         self.ray_replicas = ray_replicas  # `eespec serve --ray --replicas N`
+        self.env = dict(env or {})  # EESPEC_* settings for this server only, on top of this process's env
         self.port = port or free_port()
         self.api_key = api_key or secrets.token_hex(16)
         self.exits = exits
@@ -64,7 +66,7 @@ class ServerProcess:
         if self.ray_replicas is not None:
             command += ["--ray", "--replicas", str(self.ray_replicas)]
         # The key travels in the environment, not on argv (which every user can read in `ps`).
-        env = {**os.environ, "EESPEC_API_KEY": self.api_key}
+        env = {**os.environ, **self.env, "EESPEC_API_KEY": self.api_key}
         core = self.core
         self.process = subprocess.Popen(
             command, env=env, preexec_fn=(lambda: pin_to_core(core)) if core is not None else None

@@ -160,18 +160,16 @@ async def _measure_server(
 def _server(cfg: CapacityConfig, budget: int, replicas: int | None = None):
     from eespec.processes import ServerProcess
 
-    previous = os.environ.get("EESPEC_STEP_TOKEN_BUDGET")
-    os.environ["EESPEC_STEP_TOKEN_BUDGET"] = str(budget)
-    try:
-        server = ServerProcess(
-            cfg.target, exits=cfg.exits, threads=1, core=0, dtype=cfg.dtype, ray_replicas=replicas
-        )
-        server.start(timeout=900)  # a loaded 2-core machine can take minutes to load the model
-    finally:
-        if previous is None:
-            os.environ.pop("EESPEC_STEP_TOKEN_BUDGET", None)
-        else:
-            os.environ["EESPEC_STEP_TOKEN_BUDGET"] = previous
+    server = ServerProcess(
+        cfg.target,
+        exits=cfg.exits,
+        threads=1,
+        core=0,
+        dtype=cfg.dtype,
+        ray_replicas=replicas,
+        env={"EESPEC_STEP_TOKEN_BUDGET": str(budget)},
+    )
+    server.start(timeout=900)  # a loaded 2-core machine can take minutes to load the model
     try:
         yield server
     finally:

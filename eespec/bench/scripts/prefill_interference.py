@@ -37,15 +37,8 @@ SERVERS = {"chunked (256)": 256, "one-shot (0)": 0}
 def _server(target: str, chunk: int):
     from eespec.processes import ServerProcess
 
-    previous = os.environ.get("EESPEC_PREFILL_CHUNK_TOKENS")
-    os.environ["EESPEC_PREFILL_CHUNK_TOKENS"] = str(chunk)
-    try:
-        server = ServerProcess(target, threads=1, core=0).start(timeout=900)
-    finally:
-        if previous is None:
-            os.environ.pop("EESPEC_PREFILL_CHUNK_TOKENS", None)
-        else:
-            os.environ["EESPEC_PREFILL_CHUNK_TOKENS"] = previous
+    server = ServerProcess(target, threads=1, core=0, env={"EESPEC_PREFILL_CHUNK_TOKENS": str(chunk)})
+    server.start(timeout=900)
     try:
         yield server
     finally:
